@@ -1,0 +1,1 @@
+"""Fixtures for every test; each fixture module documents what it builds."""
