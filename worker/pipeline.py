@@ -1,0 +1,274 @@
+"""The warm base pipeline and the adapter switch: everything that runs on the device thread.
+
+:class:`Engine` is not thread-safe by design: the queue (``queue.py``) calls
+:meth:`Engine.generate` from ONE executor thread per device. Only :meth:`Engine.snapshot`
+(cache contents for ``/v1/state`` and metrics) is called from other threads; it takes the lock
+that guards the cache structures.
+
+Switch order (see ``adapters.py`` for the cache policy): active slot → resident → host → disk
+(HF cache, then convert) → Hub (download, then convert). Adapters that do not fit the slot use
+diffusers' ``load_lora_weights`` and are unloaded with ``unload_lora_weights`` when the next
+request needs something else (never fused: fuse/unfuse is not bit-exact). A base request turns
+the slot off, so its image is bit-exact with the pristine base.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from loraplex.worker.adapters import AdapterCache, AdapterKey
+from loraplex.worker.convert import convert
+from loraplex.worker.fetch import HubFetcher
+from loraplex.worker.settings import WorkerSettings
+from loraplex.worker.slot import LoraSlot, SlotLayout
+
+from loraplex.contract import AdapterRef, GenerateRequest, ImageFormat, Limits, SwitchTier
+from loraplex.errors import LoraplexError, NotServable
+
+log = logging.getLogger(__name__)
+SLOW_ADAPTER_NAME = "loraplex_slow"
+WARMUP_PROMPT = "warm-up"
+
+
+@dataclass(frozen=True)
+class Switch:
+    tier: SwitchTier
+    seconds: float
+    active: AdapterKey | None
+
+
+@dataclass(frozen=True)
+class Generated:
+    image: bytes
+    media_type: str
+    switch: Switch
+    compute_seconds: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class CacheSnapshot:
+    active: str | None
+    resident: list[str]
+    host: list[str]
+    resident_bytes: int
+    host_bytes: int
+    free_slots: int
+
+
+@dataclass
+class _Slow:
+    """Adapters known not to fit the slot: their local file and the reason (for logs)."""
+
+    paths: dict[AdapterKey, tuple[Path, str]] = field(default_factory=dict)
+    loaded: AdapterKey | None = None
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, setting)
+
+
+class Engine:
+    """One base pipeline, its LoRA slot and the adapter cache; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        pipe: DiffusionPipeline,
+        fetcher: HubFetcher,
+        *,
+        base_commit: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipe = pipe
+        self.fetcher = fetcher
+        self.base_commit = base_commit
+        self.unet = pipe.unet
+        self.device = self.unet.device
+        self.dtype = self.unet.dtype
+        self.cuda = self.device.type == "cuda"
+        self.layout = SlotLayout.for_model(self.unet, settings.slot_rank)
+        self.slot = LoraSlot(self.unet, self.layout, dtype=self.dtype)
+        self.cache: AdapterCache[torch.Tensor] = AdapterCache(
+            resident_bytes=settings.resident_cache_bytes,
+            resident_slots=settings.max_adapter_slots,
+            host_bytes=settings.host_cache_bytes,
+            to_device=self._to_device,
+        )
+        self.active: AdapterKey | None = None
+        self._slow = _Slow()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, settings: WorkerSettings, token: str | None = None) -> Engine:
+        """Download (through huggingface_hub) and load the base pipeline onto the device."""
+        fetcher = HubFetcher(
+            cache_dir=settings.cache_dir,
+            max_adapter_bytes=settings.max_adapter_bytes,
+            branch_ttl_s=settings.branch_ttl_seconds,
+        )
+        folder, commit = fetcher.snapshot(settings.base_model, settings.base_revision, token)
+        device = pick_device(settings.device)
+        dtype = pick_dtype(settings.dtype, device)
+        pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        log.info("loaded base %s@%s on %s (%s)", settings.base_model, commit, device, dtype)
+        return cls(settings, pipe, fetcher, base_commit=commit)
+
+    # ------------------------------------------------------------------ adapters
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        # On CPU the "device" is host memory: the resident tier shares the host tensor.
+        return host.to(self.device, non_blocking=True) if self.cuda else host
+
+    @staticmethod
+    def _nbytes(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    def switch_to(self, ref: AdapterRef | None, token: str | None = None) -> Switch:
+        """Make ``ref`` (or the bare base) active; returns the tier it came from and the time."""
+        started = time.perf_counter()
+        if ref is None:
+            self._deactivate()
+            return Switch(SwitchTier.NONE, time.perf_counter() - started, None)
+        key = self.fetcher.resolve(ref, token)
+        if key == self.active:
+            return Switch(SwitchTier.ACTIVE, time.perf_counter() - started, key)
+        with self._lock:
+            hit = self.cache.lookup(key, self._nbytes)
+        if hit is not None:
+            self._activate_slot(key, hit.value)
+            return Switch(hit.tier, time.perf_counter() - started, key)
+        tier = self._load_new(key, token)
+        return Switch(tier, time.perf_counter() - started, key)
+
+    def _load_new(self, key: AdapterKey, token: str | None) -> SwitchTier:
+        if key in self._slow.paths:
+            self._activate_slow(key, self._slow.paths[key][0])
+            return SwitchTier.SLOW
+        weight = self.fetcher.weight_file(key, token)
+        path = self.fetcher.cached_path(weight)
+        tier = SwitchTier.DISK
+        if path is None:
+            path, tier = self.fetcher.download(weight, token), SwitchTier.HUB
+        converted = convert(
+            type(self.pipe), path, self.unet, self.layout, dtype=self.dtype, pin_memory=self.cuda
+        )
+        if converted.flat is None:
+            log.info("adapter %s takes the slow path: %s", key, converted.slow_reason)
+            self._slow.paths[key] = (path, converted.slow_reason or "")
+            self._activate_slow(key, path)
+            return SwitchTier.SLOW
+        with self._lock:
+            value = self.cache.admit(key, converted.flat, converted.nbytes)
+        self._activate_slot(key, value)
+        return tier
+
+    def _activate_slot(self, key: AdapterKey, value: torch.Tensor) -> None:
+        self._unload_slow()
+        self.slot.load(value)
+        self.active = key
+
+    def _activate_slow(self, key: AdapterKey, path: Path) -> None:
+        self._deactivate()
+        try:
+            self.pipe.load_lora_weights(
+                str(path.parent), weight_name=path.name, adapter_name=SLOW_ADAPTER_NAME
+            )
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            self.pipe.unload_lora_weights()  # a half-loaded adapter must not touch base images
+            self._slow.paths.pop(key, None)
+            raise NotServable(f"adapter {key} cannot be loaded on this base: {exc}") from None
+        self._slow.loaded = key
+        self.active = key
+
+    def _unload_slow(self) -> None:
+        if self._slow.loaded is not None:
+            self.pipe.unload_lora_weights()
+            self._slow.loaded = None
+
+    def _deactivate(self) -> None:
+        self.slot.deactivate()
+        self._unload_slow()
+        self.active = None
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, request: GenerateRequest, token: str | None = None) -> Generated:
+        """Switch to the request's adapter and generate (device thread only)."""
+        try:
+            switch = self.switch_to(request.adapter, token)
+        except LoraplexError:
+            self._deactivate()  # after a failed load the next request starts from the base
+            raise
+        started = time.perf_counter()
+        seed, images = self.run_pipe(request, output_type="pil")
+        compute = time.perf_counter() - started
+        media = request.output_format.media_type
+        return Generated(encode(images[0], request.output_format), media, switch, compute, seed)
+
+    def run_pipe(self, request: GenerateRequest, output_type: str) -> tuple[int, object]:
+        """Run the pipeline as it is now (no switch); returns the seed used and the images."""
+        seed = request.seed if request.seed is not None else random.randrange(Limits.MAX_SEED)
+        settings = self.settings
+        guidance = request.guidance_scale
+        result = self.pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=request.width or settings.width,
+            height=request.height or settings.height,
+            num_inference_steps=request.num_inference_steps or settings.num_inference_steps,
+            guidance_scale=settings.guidance_scale if guidance is None else guidance,
+            generator=torch.Generator(device=self.device).manual_seed(seed),
+            output_type=output_type,
+        )
+        return seed, result.images
+
+    def warm_up(self) -> None:
+        """One small generation so kernels are loaded and memory allocated before /readyz."""
+        self.generate(
+            GenerateRequest(
+                prompt=WARMUP_PROMPT,
+                num_inference_steps=self.settings.warmup_steps,
+                width=self.settings.width,
+                height=self.settings.height,
+                seed=0,
+            )
+        )
+
+    def snapshot(self) -> CacheSnapshot:
+        with self._lock:
+            resident = self.cache.resident
+            return CacheSnapshot(
+                active=str(self.active) if self.active else None,
+                resident=[str(k) for k in resident.recent()],
+                host=[str(k) for k in self.cache.host.recent()],
+                resident_bytes=resident.bytes_used,
+                host_bytes=self.cache.host.bytes_used,
+                free_slots=max(0, self.settings.max_adapter_slots - len(resident)),
+            )
+
+
+def encode(image: object, fmt: ImageFormat) -> bytes:
+    """PIL image → bytes in the requested format."""
+    buffer = io.BytesIO()
+    pil_format = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt.value]
+    image.save(buffer, format=pil_format)  # type: ignore[attr-defined]
+    return buffer.getvalue()

@@ -1,0 +1,128 @@
+"""Worker settings: environment variables ``LORAPLEX_WORKER_<FIELD>`` (e.g. ``..._BASE_MODEL``).
+
+Hub access itself is configured the way huggingface_hub users expect: ``HF_ENDPOINT``,
+``HF_TOKEN`` and ``HF_HUB_CACHE``/``HF_HOME`` are read by huggingface_hub, not duplicated here
+(``CACHE_DIR`` overrides the cache folder when set).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from loraplex.settings import ComponentSettings
+
+MIB = 1024 * 1024
+
+
+class WorkerSettings(ComponentSettings):
+    """One worker process: one base model on one device."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LORAPLEX_WORKER_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    base_model: str = Field(
+        description="Hub repo id of the diffusers base pipeline kept warm. Required: a worker "
+        "serves exactly one base."
+    )
+    base_revision: str = Field(
+        default="main",
+        description="Branch, tag or commit of the base. Default main; pin a commit in production "
+        "so replicas agree.",
+    )
+    host: str = Field(default="0.0.0.0", description="Listen address (default all interfaces).")
+    port: int = Field(default=8000, ge=0, le=65535, description="Listen port (default 8000).")
+    device: str = Field(
+        default="auto",
+        description="torch device: 'auto' picks cuda when available, else cpu. Default auto.",
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto",
+        description="Weights dtype. auto = float16 on CUDA (half the memory, same images within "
+        "fp16 noise), float32 on CPU (CPU kernels are slow or missing in fp16).",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="HF cache folder (the disk tier). Default: huggingface_hub's own "
+        "(HF_HUB_CACHE). Mount a volume here so restarts keep downloaded adapters.",
+    )
+    slot_rank: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Rank of the LoRA slot (default 64). Adapters of rank ≤ this switch by one "
+        "memcpy; higher ranks take the slow diffusers path. Costs rank·(in+out) values per "
+        "attention projection (~100 MB at fp16 for SD-1.5 at 64) and a little compute per step.",
+    )
+    max_adapter_slots: int = Field(
+        default=16,
+        ge=0,
+        description="Adapters kept resident on the device (entries, default 16); also bounded by "
+        "RESIDENT_CACHE_BYTES. Reported as free_slots to the router for affinity.",
+    )
+    resident_cache_bytes: int = Field(
+        default=2048 * MIB,
+        ge=0,
+        description="Device memory for resident adapters, bytes (default 2 GiB: ~20 SD-1.5 "
+        "adapters at rank 64 fp16). On CPU the device is host memory.",
+    )
+    host_cache_bytes: int = Field(
+        default=8192 * MIB,
+        ge=0,
+        description="Host RAM (pinned on CUDA) for converted adapters, bytes (default 8 GiB). "
+        "A host hit is one host→device copy; a miss reads and converts the file from disk.",
+    )
+    max_adapter_bytes: int = Field(
+        default=512 * MIB,
+        ge=1,
+        description="Largest adapter file accepted, bytes (default 512 MiB; SD/SDXL LoRAs are "
+        "10-400 MB). Larger ones are refused with 413 before download.",
+    )
+    queue_capacity: int = Field(
+        default=32,
+        ge=1,
+        description="Requests waiting for the device (default 32); more answer 429 with "
+        "Retry-After so the router retries elsewhere instead of piling up latency.",
+    )
+    max_overtake: int = Field(
+        default=4,
+        ge=0,
+        description="How many later requests may run before a waiting one because they use the "
+        "adapter already active (default 4). 0 = strict FIFO; higher saves more switches but "
+        "adds tail latency.",
+    )
+    retry_after_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Retry-After sent with 429 when the queue is full (seconds, default 2).",
+    )
+    branch_ttl_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a branch → commit resolution is reused (seconds, default 60). The "
+        "router sends commits, so this only matters for direct callers naming a branch.",
+    )
+    num_inference_steps: int = Field(
+        default=30, ge=1, le=150, description="Steps when the request names none (default 30)."
+    )
+    guidance_scale: float = Field(
+        default=7.5, ge=0, description="Classifier-free guidance when the request names none."
+    )
+    width: int = Field(default=512, ge=64, description="Width in pixels when not requested.")
+    height: int = Field(default=512, ge=64, description="Height in pixels when not requested.")
+    warmup_steps: int = Field(
+        default=2,
+        ge=1,
+        description="Steps of the warm-up generation run before /readyz turns 200 (default 2: "
+        "enough to load kernels and allocate memory).",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="On SIGTERM, how long to finish the request in progress (seconds, default "
+        "60; keep it below the pod's terminationGracePeriodSeconds).",
+    )
