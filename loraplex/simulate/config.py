@@ -1,0 +1,187 @@
+"""Inputs of the capacity planner: traffic, hardware profile, pool settings, scenario knobs.
+
+Every model is a pydantic model, loadable from a YAML or JSON file (:func:`load_config`) and
+overridable from CLI flags. Times are seconds, rates requests per second, money US dollars.
+``SEED_BLOG`` is the setting of the blog post the project starts from (A10G timings,
+~2,500 LoRAs, 92% on SDXL, ~10 distinct LoRAs requested per 2 minutes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Burst(_Model):
+    """A window in which the request rate is multiplied (a launch, a viral adapter)."""
+
+    start_s: float = Field(ge=0)
+    duration_s: float = Field(gt=0)
+    multiplier: float = Field(gt=0)
+
+
+class SyntheticTraffic(_Model):
+    """Poisson arrivals over adapters ranked by a Zipf law, split across base models.
+
+    Adapters are assigned to bases in proportion to ``base_share`` (the blog: 92% of public
+    LoRAs are SDXL), so each base's traffic share matches its adapter share. The rate follows
+    ``rate_per_s × (1 + diurnal_amplitude × cos(2π (t − diurnal_peak_s) / diurnal_period_s))``,
+    times each burst's multiplier inside the burst.
+    """
+
+    rate_per_s: float = Field(default=0.1, gt=0)
+    adapters: int = Field(default=2500, ge=1)
+    zipf_exponent: float = Field(default=1.0, ge=0)
+    base_share: dict[str, float] = Field(default_factory=lambda: {"sdxl": 0.92, "sd15": 0.08})
+    base_request_share: float = Field(default=0.0, ge=0, le=1)  # requests with no adapter
+    diurnal_amplitude: float = Field(default=0.0, ge=0, lt=1)
+    diurnal_period_s: float = Field(default=86_400.0, gt=0)
+    diurnal_peak_s: float = Field(default=50_400.0, ge=0)  # 14:00 when t=0 is midnight
+    bursts: tuple[Burst, ...] = ()
+
+    @model_validator(mode="after")
+    def _shares_positive(self) -> SyntheticTraffic:
+        if not self.base_share or any(v <= 0 for v in self.base_share.values()):
+            raise ValueError("base_share needs at least one base with a positive share")
+        return self
+
+
+class TrafficConfig(_Model):
+    """Either a trace file (CSV or JSONL with ``time`` and ``model_id``) or the generator."""
+
+    trace: Path | None = None
+    default_base: str | None = None  # base for trace rows without ``base_model``
+    synthetic: SyntheticTraffic = SyntheticTraffic()
+    horizon_s: float = Field(default=7200.0, gt=0)
+    seed: int = 0
+
+
+class SwitchTimes(_Model):
+    """Seconds to make an adapter active, by where it is found (worker's tiered cache)."""
+
+    resident: float = Field(default=0.02, ge=0)  # already on the GPU: set_adapters
+    host: float = Field(default=0.3, ge=0)  # pinned host RAM → device copy
+    disk: float = Field(default=1.0, ge=0)  # safetensors read from the local HF cache
+    hub: float = Field(default=3.0, ge=0)  # downloaded from the Hub, then loaded
+
+
+class HardwareProfile(_Model):
+    """Service times of one GPU worker. Defaults: the blog's A10G measurements."""
+
+    pod_start_s: float = Field(default=10.0, ge=0)  # schedule + image pull + container start
+    base_load_cold_s: float = Field(default=15.0, ge=0)  # base weights from remote storage
+    base_load_cached_s: float = Field(default=6.0, ge=0)  # base weights from the node cache
+    switch_s: SwitchTimes = SwitchTimes()
+    unload_s: float = Field(default=0.3, ge=0)  # diffusers unload_lora_weights (seed "after")
+    inference_s: dict[str, float] = Field(default_factory=lambda: {"sdxl": 8.5, "sd15": 3.0})
+    default_inference_s: float = Field(default=8.5, gt=0)  # bases missing from inference_s
+    gpu_cost_per_hour: float = Field(default=1.006, ge=0)  # AWS g5.xlarge (A10G) on demand
+
+    def inference_for(self, base: str) -> float:
+        return self.inference_s.get(base, self.default_inference_s)
+
+
+class ScalingSettings(_Model):
+    """The operator's scaling knobs for one pool (mirrors ``spec.scaling`` of a pool)."""
+
+    min_replicas: int = Field(default=0, ge=0)
+    max_replicas: int = Field(default=50, ge=0)
+    target_requests_per_replica: float = Field(default=0.07, gt=0)  # req/s one GPU should take
+    scale_down_stabilization_s: float = Field(default=300.0, ge=0)
+    idle_to_zero_s: float = Field(default=600.0, ge=0)
+
+
+class PoolSettings(_Model):
+    """One base-model pool of the loraplex scenario."""
+
+    adapter_slots: int = Field(default=4, ge=1)  # adapters resident on the GPU at once
+    host_cache_adapters: int = Field(default=64, ge=0)  # adapters kept in host RAM
+    disk_cache_adapters: int = Field(default=1000, ge=0)  # adapters kept in the node's HF cache
+    max_queue_per_replica: int = Field(default=2, ge=1)  # AdapterAffinityPicker's bound
+    scaling: ScalingSettings = ScalingSettings()
+
+
+class ScenarioSettings(_Model):
+    """Knobs of the three scenarios and of the measurement."""
+
+    operator_interval_s: float = Field(default=5.0, gt=0)  # loraplex operator timer
+    request_timeout_s: float = Field(default=300.0, gt=0)  # held longer → rejected (504)
+    max_queue_depth: int = Field(default=64, ge=1)  # every replica this deep → rejected (429)
+    before_idle_stop_s: float = Field(default=300.0, ge=0)  # dedicated deployment scale-down
+    after_picker: Literal["round_robin", "least_loaded"] = "round_robin"
+    after_replicas: dict[str, int] = Field(default_factory=dict)  # fixed pool size per base
+    after_target_utilization: float = Field(default=0.6, gt=0, le=1)  # auto-size when absent
+    cold_requests_per_hour: float = Field(default=1.0, ge=0)  # at most this often → "cold"
+    sample_interval_s: float = Field(default=5.0, gt=0)  # replicas-over-time resolution
+
+
+class SimConfig(_Model):
+    """Everything one ``loraplex simulate`` run needs."""
+
+    traffic: TrafficConfig = TrafficConfig()
+    hardware: HardwareProfile = HardwareProfile()
+    pools: dict[str, PoolSettings] = Field(default_factory=dict)  # by base; missing → default
+    default_pool: PoolSettings = PoolSettings()
+    scenarios: ScenarioSettings = ScenarioSettings()
+    sizing_multipliers: tuple[float, ...] = ()
+    sizing_horizon_s: float = Field(default=1800.0, gt=0)
+
+    def pool_for(self, base: str) -> PoolSettings:
+        return self.pools.get(base, self.default_pool)
+
+
+SEED_BLOG = SimConfig(
+    traffic=TrafficConfig(
+        synthetic=SyntheticTraffic(
+            rate_per_s=0.1,
+            adapters=2500,
+            zipf_exponent=1.0,
+            base_share={"sdxl": 0.92, "sd15": 0.08},
+        ),
+        horizon_s=7200.0,
+    ),
+    sizing_multipliers=(10.0, 100.0),
+)
+
+PRESETS: dict[str, SimConfig] = {"seed-blog": SEED_BLOG}
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not validate; the message says which field."""
+
+
+def load_config(path: Path, base: SimConfig | None = None) -> SimConfig:
+    """Read a YAML or JSON file (JSON is YAML) and merge it over ``base`` (or the defaults)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    merged = _deep_merge((base or SimConfig()).model_dump(mode="json"), data)
+    try:
+        return SimConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"config {path} is invalid:\n{exc}") from exc
+
+
+# Maps keyed by the user's own names (bases): a file's value replaces the default, never merges.
+_REPLACED_MAPS = frozenset({"base_share", "inference_s", "after_replicas"})
+
+
+def _deep_merge(into: dict, update: dict) -> dict:
+    out = dict(into)
+    for key, value in update.items():
+        mergeable = key not in _REPLACED_MAPS and isinstance(out.get(key), dict)
+        if isinstance(value, dict) and mergeable:
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

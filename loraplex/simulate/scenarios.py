@@ -1,0 +1,335 @@
+"""The three scenarios, each a SimPy run over the same request stream.
+
+* ``before`` — the seed before pools: one dedicated deployment per model id, spawned on demand
+  (pod start + cold base load + adapter load: the blog's ~25 s warm-up) and stopped after
+  ``before_idle_stop_s`` without requests.
+* ``after`` — the seed's pools: a fixed, always-warm pool per base, one adapter at a time
+  (unload + load from the Hub on every switch), replicas picked without affinity by the
+  router's own :class:`~loraplex.router.pick.RoundRobinPicker` (or ``LeastLoadedPicker``).
+* ``loraplex`` — pools per base whose workers keep a tiered adapter cache, requests placed by
+  the router's :class:`~loraplex.router.pick.AdapterAffinityPicker`, and replicas set every
+  operator interval by the operator's :class:`~loraplex.operator.scaling.ScalingPolicy`, fed
+  the rate the operator measures (requests over the last interval) and the pending count
+  (requests held for a pool with no ready replica). A new replica is ready after pod start +
+  base load (cold for a pool's first replica, from the node cache after that).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+
+import simpy
+
+from loraplex.operator.scaling import Observation, ScalingPolicy, ScalingSpec
+from loraplex.router.pick import AdapterAffinityPicker, LeastLoadedPicker, Picker, RoundRobinPicker
+from loraplex.simulate.config import PoolSettings, SimConfig
+from loraplex.simulate.fleet import (
+    AdapterModel,
+    DedicatedAdapter,
+    Recorder,
+    Replica,
+    SingleAdapterSlot,
+    TieredAdapterCache,
+)
+from loraplex.simulate.traffic import Request, Traffic
+
+SCENARIOS = ("before", "after", "loraplex")
+AFTER_PICKERS: dict[str, type[RoundRobinPicker | LeastLoadedPicker]] = {
+    "round_robin": RoundRobinPicker,
+    "least_loaded": LeastLoadedPicker,
+}
+
+
+class Pool:
+    """The router's view of one base model's replicas: hold, pick, dispatch, scale."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        name: str,
+        picker: Picker,
+        recorder: Recorder,
+        cfg: SimConfig,
+        make_adapters: Callable[[], AdapterModel],
+        inference_s: float,
+    ) -> None:
+        self.env, self.name, self.picker, self.recorder, self.cfg = env, name, picker, recorder, cfg
+        self.replicas: list[Replica] = []
+        self.pending: deque[Request] = deque()
+        self.arrivals = 0  # since the operator last looked
+        self._by_name: dict[str, Replica] = {}
+        self._make_adapters = make_adapters
+        self._inference_s = inference_s
+        self._started = 0
+
+    @property
+    def ever_started(self) -> bool:
+        return self._started > 0
+
+    def add_replica(self, warmup_s: float) -> Replica:
+        self._started += 1
+        replica = Replica(
+            self.env,
+            f"{self.name}/{self._started}",
+            self._inference_s,
+            self._make_adapters(),
+            self.recorder,
+            warmup_s,
+            on_ready=self._on_ready,
+        )
+        self.replicas.append(replica)
+        self._by_name[replica.name] = replica
+        return replica
+
+    def live(self) -> list[Replica]:
+        return [r for r in self.replicas if not r.stopped and not r.draining]
+
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas if r.ready and not r.draining]
+
+    def submit(self, request: Request) -> None:
+        self.arrivals += 1
+        ready = self.ready()
+        if ready:
+            self._dispatch(request, ready)
+        else:
+            self.pending.append(request)
+
+    def _dispatch(self, request: Request, ready: list[Replica]) -> None:
+        if min(r.depth for r in ready) >= self.cfg.scenarios.max_queue_depth:
+            self.recorder.reject(request, "queue_full")
+            return
+        view = self.picker.pick([r.view() for r in ready], request.adapter)
+        self._by_name[view.endpoint].enqueue(request)
+
+    def _on_ready(self, replica: Replica) -> None:
+        while self.pending:
+            self._dispatch(self.pending.popleft(), self.ready())
+
+    def expire_pending(self) -> None:
+        deadline = self.env.now - self.cfg.scenarios.request_timeout_s
+        while self.pending and self.pending[0].time <= deadline:
+            self.recorder.reject(self.pending.popleft(), "timeout")
+
+    def scale_to(self, replicas: int, warmup_s: float) -> None:
+        live = self.live()
+        for _ in range(replicas - len(live)):
+            self.add_replica(warmup_s)
+        # Remove the cheapest first: still starting, then the shortest queue, newest first.
+        by_cost = sorted(live, key=lambda r: (r.ready, r.depth, -self.replicas.index(r)))
+        for replica in by_cost[: max(0, len(live) - replicas)]:
+            replica.drain()
+        self.replicas = [r for r in self.replicas if not r.stopped]
+
+
+def _arrivals(env: simpy.Environment, traffic: Traffic, submit: Callable[[Request], None]):
+    for request in traffic.requests:
+        if request.time > env.now:
+            yield env.timeout(request.time - env.now)
+        submit(request)
+
+
+def _sampler(
+    env: simpy.Environment, recorder: Recorder, count: Callable[[], tuple[int, int]], every: float
+) -> Iterator[simpy.Event]:
+    while True:
+        alive, ready = count()
+        recorder.samples.append((env.now, alive, ready, recorder.in_system()))
+        yield env.timeout(every)
+
+
+def _run(
+    env: simpy.Environment,
+    traffic: Traffic,
+    recorder: Recorder,
+    submit: Callable[[Request], None],
+    count: Callable[[], tuple[int, int]],
+    cfg: SimConfig,
+) -> None:
+    """Arrivals until the horizon, then run on until every request is resolved."""
+    env.process(_arrivals(env, traffic, submit))
+    env.process(_sampler(env, recorder, count, cfg.scenarios.sample_interval_s))
+    if recorder.total == 0:
+        recorder.done.succeed()
+    env.run(until=traffic.horizon_s)
+    # Safety net: whatever is still unresolved after the longest possible wait is rejected.
+    hw = cfg.hardware
+    grace = cfg.scenarios.request_timeout_s + hw.pod_start_s + hw.base_load_cold_s + 3600.0
+    env.run(until=simpy.AnyOf(env, [recorder.done, env.timeout(grace)]))
+    for request in traffic.requests:
+        if request.index not in recorder.latencies and request.index not in recorder.rejected:
+            recorder.reject(request, "unfinished")
+
+
+def _new_recorder(env: simpy.Environment, traffic: Traffic) -> Recorder:
+    return Recorder(total=len(traffic.requests), done=env.event())
+
+
+def run_before(traffic: Traffic, cfg: SimConfig) -> Recorder:
+    env = simpy.Environment()
+    recorder = _new_recorder(env, traffic)
+    hw, knobs = cfg.hardware, cfg.scenarios
+    deployments: dict[str, Replica] = {}
+
+    def idle_watch(key: str, deployment: Replica) -> Iterator[simpy.Event]:
+        while not deployment.stopped:
+            yield env.timeout(max(knobs.before_idle_stop_s - deployment.idle_for(), 0.5))
+            if deployment.idle_for() >= knobs.before_idle_stop_s:
+                deployment.stop()
+        deployments.pop(key, None)
+
+    def submit(request: Request) -> None:
+        deployment = deployments.get(request.model_id)
+        if deployment is None:
+            warmup = hw.pod_start_s + hw.base_load_cold_s
+            if request.adapter is not None:
+                warmup += hw.switch_s.hub
+                recorder.loads += 1
+            deployment = Replica(
+                env,
+                f"before/{request.model_id}",
+                hw.inference_for(request.base),
+                DedicatedAdapter(request.adapter),
+                recorder,
+                warmup,
+            )
+            deployments[request.model_id] = deployment
+            env.process(idle_watch(request.model_id, deployment))
+        if deployment.depth >= knobs.max_queue_depth:
+            recorder.reject(request, "queue_full")
+        else:
+            deployment.enqueue(request)
+
+    def count() -> tuple[int, int]:
+        return len(deployments), sum(d.ready for d in deployments.values())
+
+    _run(env, traffic, recorder, submit, count, cfg)
+    return recorder
+
+
+def after_pool_size(traffic: Traffic, base: str, cfg: SimConfig) -> int:
+    """The seed's fixed pool: configured, or sized so worst-case switches keep utilisation
+    at ``after_target_utilization``."""
+    if base in cfg.scenarios.after_replicas:
+        return max(1, cfg.scenarios.after_replicas[base])
+    hw = cfg.hardware
+    rate = sum(1 for r in traffic.requests if r.base == base) / traffic.horizon_s
+    service = hw.inference_for(base) + hw.unload_s + hw.switch_s.hub
+    return max(1, math.ceil(rate * service / cfg.scenarios.after_target_utilization))
+
+
+def _pools_run(
+    traffic: Traffic,
+    cfg: SimConfig,
+    build: Callable[[simpy.Environment, Recorder, str], Pool],
+    operate: Callable[[simpy.Environment, Pool, str], None] | None,
+) -> Recorder:
+    env = simpy.Environment()
+    recorder = _new_recorder(env, traffic)
+    pools = {base: build(env, recorder, base) for base in traffic.bases}
+    if operate is not None:
+        for base, pool in pools.items():
+            env.process(operate(env, pool, base))
+
+    def count() -> tuple[int, int]:
+        alive = sum(len([r for r in p.replicas if not r.stopped]) for p in pools.values())
+        return alive, sum(len(p.ready()) for p in pools.values())
+
+    _run(env, traffic, recorder, lambda r: pools[r.base].submit(r), count, cfg)
+    return recorder
+
+
+def run_after(traffic: Traffic, cfg: SimConfig) -> Recorder:
+    hw = cfg.hardware
+
+    def build(env: simpy.Environment, recorder: Recorder, base: str) -> Pool:
+        picker = AFTER_PICKERS[cfg.scenarios.after_picker]()
+        recorder.parts[base] = (picker, None)
+        pool = Pool(
+            env,
+            f"after/{base}",
+            picker,
+            recorder,
+            cfg,
+            lambda: SingleAdapterSlot(hw.switch_s.hub, hw.unload_s),
+            hw.inference_for(base),
+        )
+        for _ in range(after_pool_size(traffic, base, cfg)):
+            pool.add_replica(0.0)  # always warm: the pool exists before the first request
+        return pool
+
+    return _pools_run(traffic, cfg, build, None)
+
+
+def scaling_spec(pool: PoolSettings) -> ScalingSpec:
+    s = pool.scaling
+    return ScalingSpec(
+        min_replicas=s.min_replicas,
+        max_replicas=s.max_replicas,
+        target_requests_per_replica=s.target_requests_per_replica,
+        scale_down_stabilization_s=s.scale_down_stabilization_s,
+        idle_to_zero_s=s.idle_to_zero_s,
+    )
+
+
+def loraplex_parts(cfg: SimConfig, base: str) -> tuple[AdapterAffinityPicker, ScalingPolicy]:
+    """The real router picker and operator policy one loraplex pool runs with."""
+    pool = cfg.pool_for(base)
+    return AdapterAffinityPicker(pool.max_queue_per_replica), ScalingPolicy(scaling_spec(pool))
+
+
+def run_loraplex(traffic: Traffic, cfg: SimConfig) -> Recorder:
+    hw = cfg.hardware
+    interval = cfg.scenarios.operator_interval_s
+
+    policies: dict[str, ScalingPolicy] = {}
+
+    def build(env: simpy.Environment, recorder: Recorder, base: str) -> Pool:
+        settings = cfg.pool_for(base)
+        picker, policies[base] = loraplex_parts(cfg, base)
+        recorder.parts[base] = (picker, policies[base])
+        pool = Pool(
+            env,
+            f"loraplex/{base}",
+            picker,
+            recorder,
+            cfg,
+            lambda: TieredAdapterCache(
+                hw.switch_s,
+                settings.adapter_slots,
+                settings.host_cache_adapters,
+                settings.disk_cache_adapters,
+            ),
+            hw.inference_for(base),
+        )
+        for _ in range(settings.scaling.min_replicas):
+            pool.add_replica(0.0)
+        return pool
+
+    def operate(env: simpy.Environment, pool: Pool, base: str) -> Iterator[simpy.Event]:
+        policy = policies[base]
+        while True:
+            yield env.timeout(interval)
+            pool.expire_pending()
+            observation = Observation(
+                now=env.now,
+                rate=pool.arrivals / interval,
+                pending=len(pool.pending),
+                ready_replicas=len(pool.ready()),
+                current_replicas=len(pool.live()),
+            )
+            pool.arrivals = 0
+            decision = policy.decide(observation)
+            base_load = hw.base_load_cached_s if pool.ever_started else hw.base_load_cold_s
+            pool.scale_to(decision.replicas, hw.pod_start_s + base_load)
+
+    return _pools_run(traffic, cfg, build, operate)
+
+
+RUNNERS: dict[str, Callable[[Traffic, SimConfig], Recorder]] = {
+    "before": run_before,
+    "after": run_after,
+    "loraplex": run_loraplex,
+}
