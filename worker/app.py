@@ -1,0 +1,224 @@
+"""The worker's HTTP shell (FastAPI): wires the contract to the queue and the engine.
+
+``create_app(settings, engine_factory=...)`` builds everything in the lifespan: metrics (own
+registry), the device executor, and — in the background, so ``/healthz`` answers at once — the
+engine (base download + load) and one warm-up generation. ``/readyz`` and ``/v1/generate``
+answer 503 until then. Endpoints are described in :mod:`loraplex.contract`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from loraplex.worker.metrics import WorkerMetrics
+from loraplex.worker.pipeline import Engine, Generated
+from loraplex.worker.queue import ClientGone, DeviceExecutor
+from loraplex.worker.settings import WorkerSettings
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from loraplex.contract import GenerateRequest, Headers, WorkerState
+from loraplex.errors import LoraplexError, WarmingUp, install_handlers
+
+log = logging.getLogger(__name__)
+EngineFactory = Callable[[WorkerSettings], Engine]
+# Until the base is warm, tell clients to come back in this many seconds (a tiny model loads in
+# ~1 s; SD-1.5 from a warm cache in ~10 s).
+WARMING_RETRY_S = 5.0
+CLIENT_CLOSED_REQUEST = 499  # nginx's code: nobody reads it, but logs and metrics say why
+
+
+@dataclass
+class Job:
+    request: GenerateRequest
+    token: str | None
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Outcome:
+    generated: Generated
+    queue_seconds: float
+
+
+@dataclass
+class WorkerRuntime:
+    """What the handlers share; built in the lifespan, reached through ``app.state.runtime``."""
+
+    settings: WorkerSettings
+    metrics: WorkerMetrics
+    engine: Engine | None = None
+    executor: DeviceExecutor | None = None
+    ready: bool = False
+    load_error: str | None = None
+
+    def run(self, job: Job) -> Outcome:
+        """Device thread: one generation, with its metrics."""
+        queued = time.perf_counter() - job.enqueued
+        assert self.engine is not None
+        generated = self.engine.generate(job.request, job.token)
+        tier = generated.switch.tier.value
+        self.metrics.switch_seconds.labels(tier=tier).observe(generated.switch.seconds)
+        self.metrics.inference_seconds.observe(generated.compute_seconds)
+        return Outcome(generated, queued)
+
+    def refresh_gauges(self) -> None:
+        m = self.metrics
+        if self.executor is not None:
+            m.queue_depth.set(self.executor.depth)
+            m.in_flight.set(self.executor.in_flight)
+            m.dropped.inc(self.executor.queue.dropped - _counter_value(m.dropped))
+        if self.engine is not None:
+            snap = self.engine.snapshot()
+            m.resident_adapters.set(len(snap.resident))
+            m.resident_bytes.set(snap.resident_bytes)
+            m.host_adapters.set(len(snap.host))
+            m.host_bytes.set(snap.host_bytes)
+        m.ready.set(1 if self.ready else 0)
+
+    def state(self) -> WorkerState:
+        settings = self.settings
+        executor = self.executor
+        snap = self.engine.snapshot() if self.engine else None
+        return WorkerState(
+            base_model=settings.base_model,
+            base_revision=self.engine.base_commit if self.engine else settings.base_revision,
+            ready=self.ready,
+            queue_depth=executor.depth if executor else 0,
+            queue_capacity=settings.queue_capacity,
+            in_flight=executor.in_flight if executor else 0,
+            active_adapter=snap.active if snap else None,
+            resident_adapters=snap.resident if snap else [],
+            host_cached_adapters=snap.host if snap else [],
+            free_slots=snap.free_slots if snap else settings.max_adapter_slots,
+        )
+
+
+def _counter_value(counter: object) -> float:
+    return counter._value.get()  # type: ignore[attr-defined]
+
+
+async def _warm(runtime: WorkerRuntime, factory: EngineFactory) -> None:
+    """Load the base and run one warm-up generation, then turn ready."""
+    started = time.perf_counter()
+    try:
+        engine = await asyncio.to_thread(factory, runtime.settings)
+        await asyncio.to_thread(engine.warm_up)
+    except (LoraplexError, OSError, ValueError, RuntimeError) as exc:
+        runtime.load_error = f"loading base {runtime.settings.base_model} failed: {exc}"
+        log.error("%s", runtime.load_error)
+        return
+    runtime.engine = engine
+    runtime.ready = True
+    log.info("worker ready in %.1f s", time.perf_counter() - started)
+
+
+def create_app(settings: WorkerSettings, *, engine_factory: EngineFactory | None = None) -> FastAPI:
+    """The worker app; ``engine_factory`` defaults to loading the base from the Hub."""
+    factory = engine_factory or Engine.load
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = WorkerRuntime(settings, WorkerMetrics(settings.base_model))
+        runtime.executor = DeviceExecutor(
+            runtime.run,
+            capacity=settings.queue_capacity,
+            max_overtake=settings.max_overtake,
+            retry_after_s=settings.retry_after_seconds,
+            on_change=lambda: runtime.metrics.queue_depth.set(len(runtime.executor.queue)),  # type: ignore[union-attr]
+        )
+        runtime.executor.start()
+        app.state.runtime = runtime
+        warming = asyncio.create_task(_warm(runtime, factory), name="worker-warm-up")
+        try:
+            yield
+        finally:
+            warming.cancel()
+            await runtime.executor.stop()
+
+    app = FastAPI(title="loraplex worker", lifespan=lifespan)
+    install_handlers(app)
+    _routes(app)
+    return app
+
+
+def _runtime(request: Request) -> WorkerRuntime:
+    return request.app.state.runtime
+
+
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _routes(app: FastAPI) -> None:
+    @app.post("/v1/generate")
+    async def generate(body: GenerateRequest, request: Request) -> Response:
+        runtime = _runtime(request)
+        if not runtime.ready or runtime.executor is None:
+            raise WarmingUp(
+                runtime.load_error or "the worker is still loading its base model; retry shortly",
+                retry_after_s=WARMING_RETRY_S,
+                estimated_time_s=WARMING_RETRY_S,
+            )
+        group = str(body.adapter) if body.adapter else None
+        try:
+            outcome: Outcome = await runtime.executor.submit(
+                group, Job(body, _bearer(request)), request.is_disconnected
+            )
+        except ClientGone:
+            runtime.metrics.requests.labels(code=str(CLIENT_CLOSED_REQUEST)).inc()
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        except LoraplexError as exc:
+            runtime.metrics.requests.labels(code=str(exc.status_code)).inc()
+            raise
+        runtime.metrics.requests.labels(code="200").inc()
+        return _image_response(outcome, runtime)
+
+    @app.get("/v1/state")
+    async def state(request: Request) -> WorkerState:
+        return _runtime(request).state()
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        runtime = _runtime(request)
+        if runtime.load_error:
+            return JSONResponse({"error": runtime.load_error}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        runtime = _runtime(request)
+        if not runtime.ready:
+            reason = runtime.load_error or "warming up: the base model is not loaded yet"
+            return JSONResponse({"error": reason}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        runtime = _runtime(request)
+        runtime.refresh_gauges()
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _image_response(outcome: Outcome, runtime: WorkerRuntime) -> Response:
+    generated = outcome.generated
+    switch = generated.switch
+    headers = {
+        Headers.SWITCH_TIER: switch.tier.value,
+        Headers.SWITCH_MS: f"{switch.seconds * 1000:.3f}",
+        Headers.COMPUTE_MS: f"{generated.compute_seconds * 1000:.3f}",
+        Headers.QUEUE_MS: f"{outcome.queue_seconds * 1000:.3f}",
+        Headers.QUEUE_DEPTH: str(runtime.executor.depth if runtime.executor else 0),
+        Headers.ACTIVE_ADAPTER: str(switch.active) if switch.active else "",
+    }
+    if switch.active is not None:
+        headers[Headers.ADAPTER_COMMIT] = switch.active.commit
+    return Response(generated.image, media_type=generated.media_type, headers=headers)

@@ -1,0 +1,62 @@
+"""Worker metrics (prefix ``loraplex_worker_``) in a per-app CollectorRegistry.
+
+A registry per app, not prometheus_client's global one, so several workers can live in one
+process (tests, the embedded mode) without "duplicated timeseries" errors.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from loraplex.contract import SwitchTier
+
+PREFIX = "loraplex_worker_"
+# Switches span 50 µs (already active) to tens of seconds (Hub download of a big adapter).
+SWITCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+
+
+class WorkerMetrics:
+    def __init__(self, base_model: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.switch_seconds = Histogram(
+            f"{PREFIX}adapter_switch_seconds",
+            "Time to make the request's adapter active, by the tier it came from",
+            ["tier"],
+            buckets=SWITCH_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            f"{PREFIX}inference_seconds",
+            "Pipeline time per generation (after the switch)",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            f"{PREFIX}requests", "Generate requests by outcome (HTTP status)", ["code"], registry=r
+        )
+        self.dropped = Counter(
+            f"{PREFIX}dropped_requests",
+            "Queued requests dropped because the client disconnected before they started",
+            registry=r,
+        )
+        self.queue_depth = Gauge(f"{PREFIX}queue_depth", "Requests waiting", registry=r)
+        self.in_flight = Gauge(f"{PREFIX}in_flight", "Requests running on the device", registry=r)
+        self.resident_adapters = Gauge(
+            f"{PREFIX}resident_adapters", "Adapters in the device-resident tier", registry=r
+        )
+        self.resident_bytes = Gauge(
+            f"{PREFIX}resident_adapter_bytes", "Bytes of the device-resident tier", registry=r
+        )
+        self.host_adapters = Gauge(
+            f"{PREFIX}host_adapters", "Adapters in the host-RAM tier", registry=r
+        )
+        self.host_bytes = Gauge(
+            f"{PREFIX}host_adapter_bytes", "Bytes of the host-RAM tier", registry=r
+        )
+        self.ready = Gauge(f"{PREFIX}ready", "1 once the base is warm", registry=r)
+        info = Gauge(f"{PREFIX}base_model_info", "Base model served", ["base_model"], registry=r)
+        info.labels(base_model=base_model).set(1)
+        for tier in SwitchTier:
+            self.switch_seconds.labels(tier=tier.value)  # export zero series for every tier
