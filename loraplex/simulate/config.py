@@ -118,7 +118,7 @@ class ScenarioSettings(_Model):
     after_picker: Literal["round_robin", "least_loaded"] = "round_robin"
     after_replicas: dict[str, int] = Field(default_factory=dict)  # fixed pool size per base
     after_target_utilization: float = Field(default=0.6, gt=0, le=1)  # auto-size when absent
-    cold_requests_per_hour: float = Field(default=1.0, ge=0)  # at most this often → "cold"
+    cold_requests_per_hour: float = Field(default=1.0, ge=0)  # at most this often → cold
     sample_interval_s: float = Field(default=5.0, gt=0)  # replicas-over-time resolution
 
 

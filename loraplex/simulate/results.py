@@ -5,7 +5,7 @@ Definitions (also in the README):
 * latency — arrival at the router to the last byte of the image (queueing, warm-up, adapter
   switch and inference), completed requests only; rejected requests are counted apart.
 * cold adapter — an adapter requested at most ``cold_requests_per_hour`` on average over the
-  run: the long tail, whose requests are the ones that meet a cold start or an adapter load.
+  run, or only once: the long tail, whose requests meet a cold start or an adapter load.
 * GPU-hours — every replica from the moment it is asked for (pod start) until it stops,
   clipped to the simulated horizon; cost = GPU-hours × ``gpu_cost_per_hour``.
 * loads per request — adapter weight copies onto a GPU (host, disk or Hub tier; a dedicated

@@ -149,10 +149,11 @@ def load_trace(path: Path, default_base: str | None) -> Traffic:
 
 
 def cold_adapters(traffic: Traffic, max_per_hour: float) -> frozenset[str]:
-    """Adapters requested at most ``max_per_hour`` on average over the horizon: the long tail."""
+    """The long tail: adapters requested at most ``max_per_hour`` on average over the horizon,
+    and always those requested only once (a short run cannot tell a rare adapter apart)."""
     counts = Counter(r.adapter for r in traffic.requests if r.adapter is not None)
-    hours = traffic.horizon_s / 3600.0
-    return frozenset(a for a, c in counts.items() if c / hours <= max_per_hour)
+    limit = max(1.0, max_per_hour * traffic.horizon_s / 3600.0)
+    return frozenset(a for a, c in counts.items() if c <= limit)
 
 
 def distinct_per_window(traffic: Traffic, window_s: float = 120.0) -> float:
