@@ -1,0 +1,298 @@
+"""The Helm chart, checked with the real helm binary and offline Kubernetes schemas.
+
+Renders default values and ``charts/loraplex/ci/all-on-values.yaml`` (every option on), lints
+strictly, validates every object (built-in kinds with kubernetes-validate --strict, custom
+kinds with jsonschema — see fixtures/deploy_checks.py), and asserts the security and wiring
+properties the chart promises.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from fixtures.deploy_checks import (
+    ALL_ON_VALUES,
+    CHART,
+    HelmError,
+    Manifest,
+    by_kind,
+    helm_template,
+    load_all,
+    one,
+    pod_specs,
+    validate_object,
+)
+
+# The label contract (documented at the top of values.yaml): worker pods are built by the
+# operator, so the chart can only select them by these labels.
+WORKER_POD_LABELS = {
+    "app.kubernetes.io/component": "worker",
+    "app.kubernetes.io/part-of": "loraplex",
+}
+WORKER_PORT = 8000
+
+OPERATOR_RULES = {
+    ("loraplex.dev", "basemodelpools"): {"get", "list", "watch", "patch"},
+    ("loraplex.dev", "basemodelpools/status"): {"get", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("", "services"): {"get", "list", "watch", "create", "patch"},
+    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "events"): {"create"},
+}
+ROUTER_RULES = {
+    ("loraplex.dev", "basemodelpools"): {"get", "list", "watch"},
+    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
+}
+
+
+def rules_of(role: Manifest) -> dict[tuple[str, str], set[str]]:
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(ALL_ON_VALUES)]], ids=["default", "all-on"])
+def test_helm_lint_strict(helm_bin, values: list[str]) -> None:
+    result = subprocess.run(
+        [str(helm_bin), "lint", "--strict", str(CHART), *values],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_every_rendered_object_validates(rendered: list[Manifest]) -> None:
+    methods = {f"{d['kind']}/{d['metadata']['name']}": validate_object(d) for d in rendered}
+    assert len(methods) == len(rendered), "two objects share a kind and name"
+    assert "CustomResourceDefinition/basemodelpools.loraplex.dev" in methods
+
+
+def test_all_on_renders_every_optional_object(rendered_all_on: list[Manifest]) -> None:
+    kinds = {d["kind"] for d in rendered_all_on}
+    for kind in [
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "BaseModelPool",
+        "ClusterKopfPeering",
+        "ClusterRole",
+    ]:
+        assert kind in kinds, f"all-on values did not render a {kind}"
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("podSecurityContext.runAsNonRoot=false", "runAsNonRoot"),
+        ("containerSecurityContext.allowPrivilegeEscalation=true", "allowPrivilegeEscalation"),
+        ("operator.replicas=2", "replicas"),
+        ("router.port=70000", "port"),
+        ("router.resources=null", "resources"),
+        ("ingress.path=nope", "path"),
+        ("operator.typo=1", "typo"),
+    ],
+)
+def test_values_schema_rejects_bad_values(helm_bin, flag: str, message: str) -> None:
+    with pytest.raises(HelmError, match=message):
+        helm_template(helm_bin, "--set", flag)
+
+
+def test_every_container_is_locked_down(rendered: list[Manifest]) -> None:
+    workloads = dict(pod_specs(rendered))
+    assert set(workloads) == {"Deployment/lp-loraplex-operator", "Deployment/lp-loraplex-router"}
+    for name, pod in workloads.items():
+        pod_ctx = pod["securityContext"]
+        assert pod_ctx["runAsNonRoot"] is True and pod_ctx["runAsUser"] != 0, name
+        assert pod_ctx["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False, name
+            assert ctx["readOnlyRootFilesystem"] is True, name
+            assert ctx["capabilities"]["drop"] == ["ALL"] and "add" not in ctx["capabilities"]
+            res = container["resources"]
+            assert res["requests"]["cpu"] and res["requests"]["memory"], name
+            assert res["limits"]["memory"], name
+            # The read-only root needs writable emptyDirs for every path the process writes.
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert "/tmp" in mounts, name
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            if "HF_HOME" in env:
+                assert env["HF_HOME"] in mounts, name
+        assert all("emptyDir" in v for v in pod["volumes"]), name
+
+
+def test_default_pools_request_gpus_on_gpu_nodes(rendered_all_on: list[Manifest]) -> None:
+    (pool,) = by_kind(rendered_all_on, "BaseModelPool")
+    worker = pool["spec"]["worker"]
+    assert pool["spec"]["baseModel"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert worker["nodeSelector"] and worker["tolerations"]
+    assert worker["image"].startswith("ghcr.io/loraplex/loraplex-worker:")
+    assert worker["hfTokenSecret"] == {"name": "hf-token", "key": "token"}
+    claim = one(rendered_all_on, "PersistentVolumeClaim", "lp-loraplex-model-cache")
+    assert worker["cacheVolume"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+
+def test_ingress_routes_to_the_router_service_and_pods(rendered: list[Manifest]) -> None:
+    (ingress,) = by_kind(rendered, "Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    service = one(rendered, "Service", backend["name"])
+    port = next(p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"])
+    deployment = one(rendered, "Deployment", "lp-loraplex-router")
+    pod = deployment["spec"]["template"]
+    assert selects(service["spec"]["selector"], pod["metadata"]["labels"])
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "router"
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["router"]
+    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+    assert path["path"] == "/" and path["pathType"] == "Prefix"
+
+
+def test_ingress_options_from_values(rendered_all_on: list[Manifest]) -> None:
+    (ingress,) = by_kind(rendered_all_on, "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["rules"][0]["host"] == "images.example.com"
+    assert ingress["spec"]["tls"] == [
+        {"secretName": "loraplex-tls", "hosts": ["images.example.com"]}
+    ]
+    assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
+
+
+@pytest.mark.parametrize(
+    ("values", "role_kind"),
+    [([], "Role"), (["-f", str(ALL_ON_VALUES)], "ClusterRole")],
+    ids=["namespaced", "cluster-wide"],
+)
+def test_rbac_grants_exactly_what_is_needed(helm_bin, values: list[str], role_kind: str) -> None:
+    docs = load_all(helm_template(helm_bin, *values))
+    assert not by_kind(docs, "ClusterRole" if role_kind == "Role" else "Role")
+    peering = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
+    expected_operator = OPERATOR_RULES | (peering if values else {})
+    operator_role = one(docs, role_kind, "lp-loraplex-operator")
+    assert rules_of(operator_role) == expected_operator
+    assert rules_of(one(docs, role_kind, "lp-loraplex-router")) == ROUTER_RULES
+    for component in ("operator", "router"):
+        binding = one(docs, f"{role_kind}Binding", f"lp-loraplex-{component}")
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role_kind,
+            "name": f"lp-loraplex-{component}",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": f"lp-loraplex-{component}", "namespace": "lp"}
+        ]
+        deployment = one(docs, "Deployment", f"lp-loraplex-{component}")
+        assert (
+            deployment["spec"]["template"]["spec"]["serviceAccountName"]
+            == binding["subjects"][0]["name"]
+        )
+
+
+def test_network_policies_select_workers_router_and_operator(rendered: list[Manifest]) -> None:
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(rendered, "NetworkPolicy")}
+    router_pod = one(rendered, "Deployment", "lp-loraplex-router")["spec"]["template"]
+    operator_pod = one(rendered, "Deployment", "lp-loraplex-operator")["spec"]["template"]
+    router_labels = router_pod["metadata"]["labels"]
+
+    worker = policies["lp-loraplex-worker"]
+    assert worker["podSelector"]["matchLabels"] == WORKER_POD_LABELS
+    assert not selects(worker["podSelector"]["matchLabels"], router_labels)
+    first = worker["ingress"][0]
+    (peer,) = first["from"]
+    assert set(peer) == {"podSelector"}, "workers must accept only pods, not namespaces"
+    assert selects(peer["podSelector"]["matchLabels"], router_labels)
+    assert not selects(peer["podSelector"]["matchLabels"], operator_pod["metadata"]["labels"])
+    assert first["ports"] == [{"port": WORKER_PORT, "protocol": "TCP"}]
+
+    router = policies["lp-loraplex-router"]
+    assert selects(router["podSelector"]["matchLabels"], router_labels)
+    (rule,) = router["ingress"]
+    namespaces = [
+        p["namespaceSelector"]["matchLabels"] for p in rule["from"] if "namespaceSelector" in p
+    ]
+    assert {"kubernetes.io/metadata.name": "ingress-nginx"} in namespaces
+    pods = [p["podSelector"]["matchLabels"] for p in rule["from"] if "podSelector" in p]
+    assert any(selects(p, operator_pod["metadata"]["labels"]) for p in pods)
+
+    operator = policies["lp-loraplex-operator"]
+    assert selects(operator["podSelector"]["matchLabels"], operator_pod["metadata"]["labels"])
+
+
+def test_router_accepts_everyone_when_the_ingress_is_off(helm_bin) -> None:
+    docs = load_all(helm_template(helm_bin, "--set", "ingress.enabled=false"))
+    assert not by_kind(docs, "Ingress")
+    router = one(docs, "NetworkPolicy", "lp-loraplex-router")
+    assert router["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+
+
+def test_operator_finds_the_router_service_it_is_told(rendered: list[Manifest]) -> None:
+    pod = one(rendered, "Deployment", "lp-loraplex-operator")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    service = one(rendered, "Service", env["LORAPLEX_OPERATOR_ROUTER_SERVICE"])
+    assert service["metadata"]["labels"]["app.kubernetes.io/component"] == "router"
+    assert env["LORAPLEX_OPERATOR_ROUTER_NAMESPACE"] == service["metadata"]["namespace"]
+    assert container["args"][0] == "operator"
+    assert one(rendered, "Deployment", "lp-loraplex-operator")["spec"]["strategy"] == {
+        "type": "Recreate"
+    }
+
+
+def test_service_monitors_scrape_named_ports(rendered_all_on: list[Manifest]) -> None:
+    monitors = {
+        m["metadata"]["name"]: m["spec"] for m in by_kind(rendered_all_on, "ServiceMonitor")
+    }
+    assert set(monitors) == {"lp-loraplex-router", "lp-loraplex-operator", "lp-loraplex-worker"}
+    for component in ("router", "operator"):
+        service = one(rendered_all_on, "Service", f"lp-loraplex-{component}")
+        spec = monitors[f"lp-loraplex-{component}"]
+        assert selects(spec["selector"]["matchLabels"], service["metadata"]["labels"])
+        assert spec["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+        assert monitors[f"lp-loraplex-{component}"]["endpoints"][0]["interval"] == "15s"
+    assert monitors["lp-loraplex-worker"]["selector"]["matchLabels"] == WORKER_POD_LABELS
+
+
+def test_dashboard_plots_the_contract_metrics(rendered_all_on: list[Manifest]) -> None:
+    import json
+
+    config_map = one(rendered_all_on, "ConfigMap", "lp-loraplex-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["loraplex.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in [
+        "loraplex_router_requests_total",
+        "loraplex_router_pending",
+        "loraplex_worker_switch_seconds_bucket",
+        "loraplex_operator_desired_replicas",
+        "kube_deployment_status_replicas_ready",
+    ]:
+        assert metric in exprs, f"dashboard misses {metric}"
+    assert "by (tier, le)" in exprs and "by (base_model)" in exprs
+
+
+def test_notes_render_with_the_contract(helm_bin) -> None:
+    result = subprocess.run(
+        [str(helm_bin), "install", "lp", str(CHART), "--dry-run=client", "-n", "lp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "kubectl get bmp -n lp -w" in notes
+    assert "app.kubernetes.io/component=worker" in notes
