@@ -1,0 +1,358 @@
+"""The router's HTTP shell: public APIs wired to :mod:`loraplex.router.service`.
+
+* ``POST /models/{model_id}`` — Hugging Face Inference API (``inputs``, ``parameters``,
+  ``options``) → image bytes by ``Accept`` (png default). On a base model id, the seed's
+  ``lora: <adapter id>`` header selects an adapter. ``options.wait_for_model: false`` or
+  ``X-Wait-For-Model: false`` → 503 at once while the pool warms up.
+* ``POST /v1/images/generations`` — OpenAI images API. ``response_format`` ``b64_json``
+  (default) or ``url``: the router is stateless and stores nothing, so ``url`` is a
+  ``data:image/<fmt>;base64,…`` URL (RFC 2397) — valid wherever a URL is fetched by a browser
+  or PIL, with no expiry and no storage to secure.
+* ``GET /v1/models``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+
+Errors are ``{"error": "<what and what to do>"}`` through :mod:`loraplex.errors`.
+A client that disconnects cancels its upstream request (the worker sees the connection close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import FastAPI, Header, Path, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from loraplex.router.forward import WorkerAnswer
+from loraplex.router.pools import PoolSource
+from loraplex.router.resolve import CardSource, Route
+from loraplex.router.runtime import RouterRuntime, build_runtime
+from loraplex.router.service import CLIENT_CLOSED, GenerationCall
+from loraplex.router.settings import RouterSettings
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraplex import __version__
+from loraplex.contract import ErrorBody, GenerationParameters, ImageFormat, Limits
+from loraplex.errors import BadRequest, LoraplexError, install_handlers
+
+T = TypeVar("T")
+Prompt = Annotated[str, Field(min_length=1, max_length=Limits.MAX_PROMPT_CHARS)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": why}
+    for code, why in {
+        400: "invalid parameters or model id",
+        401: "gated or private repo and no token",
+        403: "token refused for this repo",
+        404: "no such model",
+        422: "model exists but cannot be served here",
+        429: "queue full (Retry-After)",
+        502: "workers failed after retries",
+        503: "pool warming up (estimated_time, Retry-After)",
+        504: "deadline passed",
+    }.items()
+}
+_IMAGE_CONTENT = {
+    f.media_type: {"schema": {"type": "string", "format": "binary"}} for f in ImageFormat
+}
+
+
+class HFOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # use_cache etc.: accepted, meaningless here
+
+    wait_for_model: bool = True
+
+
+class HFTextToImageRequest(BaseModel):
+    """Hugging Face Inference API text-to-image body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: Prompt
+    parameters: GenerationParameters = Field(default_factory=GenerationParameters)
+    options: HFOptions = Field(default_factory=HFOptions)
+
+
+class OpenAIImageRequest(BaseModel):
+    """OpenAI ``images.generate`` body; sampling extras (seed, steps…) via ``extra_body``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    prompt: Prompt
+    n: int = Field(1, ge=1, le=16)
+    size: str | None = Field(None, pattern=r"^(auto|\d{2,4}x\d{2,4})$")
+    response_format: Literal["b64_json", "url"] | None = None
+    output_format: ImageFormat | None = None
+    quality: str | None = Field(None, max_length=20)  # accepted; the worker has one quality
+    style: str | None = Field(None, max_length=20)
+    user: str | None = Field(None, max_length=200)
+    negative_prompt: str | None = Field(None, max_length=Limits.MAX_PROMPT_CHARS)
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = Field(None, ge=0, le=Limits.MAX_SEED - 16)
+
+    def parameters(self, index: int) -> GenerationParameters:
+        width = height = None
+        if self.size and self.size != "auto":
+            width, height = (int(side) for side in self.size.split("x"))
+        return GenerationParameters(
+            negative_prompt=self.negative_prompt,
+            width=width,
+            height=height,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            seed=None if self.seed is None else self.seed + index,
+        )
+
+
+class OpenAIImage(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+
+
+class OpenAIImagesResponse(BaseModel):
+    created: int
+    data: list[OpenAIImage]
+    output_format: ImageFormat
+
+
+class ModelCardOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "loraplex"
+    replicas: int
+    ready_replicas: int
+    pending: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCardOut]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The user's Hub token from ``Authorization: Bearer …`` (used for resolution only)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise BadRequest("Authorization must be 'Bearer <Hub token>'")
+    return token.strip()
+
+
+def wants_to_wait(header: str | None, options: bool) -> bool:
+    if header is not None and header.strip().lower() in ("false", "0", "no"):
+        return False
+    return options
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class ClientGone(Exception):
+    """The client closed the connection; its upstream work was cancelled."""
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; if the client disconnects first, cancel it (closing the upstream call)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            raise ClientGone
+        return task.result()
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+def answer_to_response(answer: WorkerAnswer) -> Response:
+    if answer.stream is not None:
+        return StreamingResponse(answer.stream, answer.status, answer.headers, answer.media_type)
+    return Response(answer.body, answer.status, answer.headers, answer.media_type)
+
+
+def create_app(
+    settings: RouterSettings,
+    *,
+    card_source: CardSource | None = None,
+    pool_source: PoolSource | None = None,
+) -> FastAPI:
+    """The router app. ``card_source``/``pool_source`` default from ``settings`` (Hub or
+    ``models_dir``; static pools or Kubernetes); tests and the embedded mode may pass their own."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await build_runtime(settings, card_source=card_source, pool_source=pool_source)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="loraplex router",
+        version=__version__,
+        lifespan=lifespan,
+        description="Serve thousands of LoRA adapters from a few warm base-model pools.",
+    )
+    install_handlers(app)
+    _add_generation_routes(app)
+    _add_info_routes(app)
+    return app
+
+
+def _runtime(request: Request) -> RouterRuntime:
+    return request.app.state.runtime
+
+
+async def _serve(request: Request, call: GenerationCall) -> tuple[Route, WorkerAnswer] | Response:
+    """Resolve and generate one image, counting the answer; errors become JSON answers."""
+    service = _runtime(request).service
+    started = time.monotonic()
+    route: Route | None = None
+    try:
+        route = await service.resolve(call)
+        answer = await cancel_on_disconnect(request, service.generate(call, route))
+    except ClientGone:
+        service.record(route, call, CLIENT_CLOSED, started)
+        return Response(status_code=CLIENT_CLOSED)
+    except LoraplexError as exc:
+        service.record(route, call, exc.status_code, started)
+        raise
+    service.record(route, call, answer.status, started)
+    return route, answer
+
+
+def _add_generation_routes(app: FastAPI) -> None:
+    @app.post(
+        "/models/{model_id:path}",
+        response_class=Response,
+        responses={200: {"content": _IMAGE_CONTENT, "description": "the image"}, **_ERRORS},
+        summary="Hugging Face Inference API: text to image",
+    )
+    async def hf_text_to_image(
+        request: Request,
+        body: HFTextToImageRequest,
+        model_id: Annotated[str, Path(description="LoRA repo id or served base id")],
+        lora: Annotated[str | None, Header(description="adapter id, on a base model")] = None,
+        x_wait_for_model: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+        accept: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        call = GenerationCall(
+            model_id=model_id,
+            prompt=body.inputs,
+            parameters=body.parameters,
+            output_format=ImageFormat.from_accept(accept),
+            lora=lora,
+            token=bearer_token(authorization),
+            wait_for_model=wants_to_wait(x_wait_for_model, body.options.wait_for_model),
+        )
+        served = await _serve(request, call)
+        if isinstance(served, Response):
+            return served
+        return answer_to_response(served[1])
+
+    @app.post(
+        "/v1/images/generations",
+        response_model=OpenAIImagesResponse,
+        responses=_ERRORS,
+        summary="OpenAI images API: generations",
+    )
+    async def openai_generations(
+        request: Request,
+        body: OpenAIImageRequest,
+        authorization: Annotated[str | None, Header()] = None,
+        x_wait_for_model: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        settings_n = _runtime(request).settings.max_images_per_request
+        if body.n > settings_n:
+            raise BadRequest(f"n={body.n} is over this router's limit of {settings_n} images")
+        fmt = body.output_format or ImageFormat.PNG
+        token = bearer_token(authorization)
+        calls = [
+            GenerationCall(
+                model_id=body.model,
+                prompt=body.prompt,
+                parameters=_openai_parameters(body, i),
+                output_format=fmt,
+                token=token,
+                wait_for_model=wants_to_wait(x_wait_for_model, True),
+            )
+            for i in range(body.n)
+        ]
+        served = await asyncio.gather(*(_serve(request, c) for c in calls))
+        images = []
+        for item in served:
+            if isinstance(item, Response):
+                return item
+            answer = item[1]
+            data = await _whole_body(answer)
+            if answer.status != 200:
+                return Response(data, answer.status, media_type=answer.media_type)
+            encoded = base64.b64encode(data).decode()
+            if body.response_format == "url":
+                images.append(OpenAIImage(url=f"data:{fmt.media_type};base64,{encoded}"))
+            else:
+                images.append(OpenAIImage(b64_json=encoded))
+        return OpenAIImagesResponse(created=int(time.time()), data=images, output_format=fmt)
+
+
+def _openai_parameters(body: OpenAIImageRequest, index: int) -> GenerationParameters:
+    try:
+        return body.parameters(index)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise BadRequest(f"invalid image parameters: {exc}") from None
+
+
+async def _whole_body(answer: WorkerAnswer) -> bytes:
+    if answer.body is not None:
+        return answer.body
+    assert answer.stream is not None
+    return b"".join([chunk async for chunk in answer.stream])
+
+
+def _add_info_routes(app: FastAPI) -> None:
+    @app.get("/v1/models", response_model=ModelList, summary="Served base models and their pools")
+    async def list_models(request: Request) -> ModelList:
+        runtime = _runtime(request)
+        data = []
+        for base, pool in sorted(runtime.registry.pools.items()):
+            data.append(
+                ModelCardOut(
+                    id=base,
+                    replicas=len(pool.replicas),
+                    ready_replicas=pool.ready_count,
+                    pending=pool.pending,
+                )
+            )
+        return ModelList(data=data)
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: pools listed", responses={503: {"model": ErrorBody}})
+    async def readyz(request: Request) -> JSONResponse:
+        registry = _runtime(request).registry
+        if not registry.synced:
+            return JSONResponse({"error": "pool list not loaded yet"}, status_code=503)
+        return JSONResponse({"status": "ready", "pools": len(registry.pools)})
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        runtime = _runtime(request)
+        for base, pool in runtime.registry.pools.items():
+            runtime.metrics.replicas_ready.labels(base).set(pool.ready_count)
+        body = generate_latest(runtime.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,186 @@
+"""Forwarding a generation to a worker: pick, send, retry on another replica, stream back.
+
+Transport: one pooled ``aiohttp.ClientSession`` per app. Chosen by measurement
+(``bench/router_overhead.py``, and the figures in issue 4 on this 2-core machine): a FastAPI
+proxy forwarding through a plain ``httpx.AsyncClient`` managed ~300 req/s, httpx over the
+aiohttp transport ~1,500, aiohttp directly ~2,500 (httpx's pool is slow under concurrency,
+encode/httpx#3215). The forwarding path is small enough that the httpx API buys nothing here.
+
+Retry rule: a failure *before the answer starts* (connect error, reset, 5xx, 429 queue full)
+is retried on another ready replica, up to ``attempts`` replicas. Answers up to
+``buffer_limit_bytes`` are read whole before the client gets a byte, so a body cut short is
+retried too; larger answers stream and are not retried once started. 4xx answers (bad
+parameters, adapter refused) are the worker's verdict and pass through unchanged. A failed
+replica is marked not ready until its next good ``/v1/state`` poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from loraplex.router.metrics import RouterMetrics
+from loraplex.router.pick import NoReplicaError, Picker
+from loraplex.router.pools import Pool
+from loraplex.router.resolve import Route
+
+from loraplex.contract import GenerateRequest, Headers
+from loraplex.errors import DeadlineExceeded, QueueFull, UpstreamFailed
+
+log = logging.getLogger(__name__)
+
+# Worker answer headers the client may see (timings, which tier the adapter came from).
+PASSED_HEADERS = (
+    Headers.SWITCH_TIER,
+    Headers.SWITCH_MS,
+    Headers.COMPUTE_MS,
+    Headers.QUEUE_MS,
+    Headers.ADAPTER_COMMIT,
+)
+
+
+@dataclass
+class WorkerAnswer:
+    """A worker's answer: whole ``body`` or a ``stream`` (exactly one is set)."""
+
+    status: int
+    headers: dict[str, str]
+    media_type: str
+    body: bytes | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+
+class _RetryableError(Exception):
+    """This attempt failed before the answer started; another replica may succeed."""
+
+
+class Forwarder:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        picker: Picker,
+        metrics: RouterMetrics,
+        *,
+        attempts: int = 3,
+        connect_timeout_s: float = 2.0,
+        buffer_limit_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.session = session
+        self.picker = picker
+        self.metrics = metrics
+        self.attempts = attempts
+        self.connect_timeout_s = connect_timeout_s
+        self.buffer_limit_bytes = buffer_limit_bytes
+
+    async def generate(
+        self, pool: Pool, route: Route, request: GenerateRequest, deadline: float
+    ) -> WorkerAnswer:
+        """Send ``request`` to a replica of ``pool``; see the module docstring for retries."""
+        body = request.model_dump_json(exclude_none=True).encode()
+        tried: list[str] = []
+        last_error = "no replica was ready"
+        queue_full = False
+        for attempt in range(self.attempts):
+            try:
+                view = self.picker.pick(pool.ready_views(exclude=tried), route.adapter_key)
+            except NoReplicaError:
+                break
+            tried.append(view.endpoint)
+            if attempt:
+                self.metrics.retries.labels(route.base_model).inc()
+            try:
+                return await self._attempt(pool, view.endpoint, body, deadline)
+            except _RetryableError as exc:
+                last_error = str(exc)
+                queue_full = queue_full or "429" in last_error
+        if queue_full:
+            raise QueueFull(
+                f"every replica of {route.base_model} has a full queue; retry later",
+                retry_after_s=1,
+            )
+        raise UpstreamFailed(
+            f"workers of {route.base_model} failed after {len(tried)} attempt(s) "
+            f"({last_error}); retry later"
+        )
+
+    async def _attempt(
+        self, pool: Pool, endpoint: str, body: bytes, deadline: float
+    ) -> WorkerAnswer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("the request deadline passed before a worker answered")
+        replica = pool.replicas.get(endpoint)
+        timeout = aiohttp.ClientTimeout(total=remaining, connect=self.connect_timeout_s)
+        if replica is not None:
+            replica.own_inflight += 1
+        started = time.monotonic()
+        release = True
+        try:
+            resp = await self.session.post(
+                f"{endpoint}/v1/generate",
+                data=body,
+                headers={"content-type": "application/json"},
+                timeout=timeout,
+            )
+            self.metrics.upstream_latency.labels(pool.base_model).observe(
+                time.monotonic() - started
+            )
+            answer, release = await self._read(pool, endpoint, resp)
+            return answer
+        except aiohttp.ConnectionTimeoutError as exc:  # before TimeoutError: it is one too
+            pool.mark_failed(endpoint)
+            raise _RetryableError(f"{type(exc).__name__} connecting to a worker") from None
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "the request deadline passed while a worker was generating; retry with fewer "
+                "steps or a smaller image"
+            ) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            pool.mark_failed(endpoint)
+            log.warning("worker %s failed before answering: %r", endpoint, exc)
+            raise _RetryableError(f"{type(exc).__name__} from a worker") from None
+        finally:
+            if release and replica is not None:
+                replica.own_inflight -= 1
+
+    async def _read(
+        self, pool: Pool, endpoint: str, resp: aiohttp.ClientResponse
+    ) -> tuple[WorkerAnswer, bool]:
+        """Turn a worker response into an answer; returns (answer, release-inflight-now)."""
+        status = resp.status
+        if status >= 500 or status == 429:
+            await resp.read()
+            resp.release()
+            if status != 429:
+                pool.mark_failed(endpoint)
+            raise _RetryableError(f"worker answered {status}")
+        headers = {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers}
+        headers[Headers.WORKER] = endpoint
+        media_type = resp.headers.get("content-type", "application/octet-stream")
+        if status == 200:
+            replica = pool.replicas.get(endpoint)
+            if replica is not None:
+                replica.observe_answer(resp.headers)
+        length = resp.content_length
+        if (length is not None and length <= self.buffer_limit_bytes) or status != 200:
+            data = await resp.read()
+            resp.release()
+            return WorkerAnswer(status, headers, media_type, body=data), True
+        return WorkerAnswer(
+            status, headers, media_type, stream=self._stream(pool, endpoint, resp)
+        ), False
+
+    async def _stream(
+        self, pool: Pool, endpoint: str, resp: aiohttp.ClientResponse
+    ) -> AsyncIterator[bytes]:
+        replica = pool.replicas.get(endpoint)
+        try:
+            async for chunk in resp.content.iter_chunked(256 * 1024):
+                yield chunk
+        finally:
+            resp.release()
+            if replica is not None:
+                replica.own_inflight -= 1

@@ -1,0 +1,229 @@
+"""Pools: base model → its worker replicas and what the router knows about each.
+
+* :class:`PoolRegistry` — the pools and their replicas (pure state; sources write endpoints
+  into it, the poller and the forwarder write live state, pickers read :class:`ReplicaView`).
+* :class:`PoolSource` — where endpoints come from: :class:`StaticPoolSource` (settings) here,
+  the Kubernetes source in :mod:`loraplex.router.pools_k8s`.
+* :class:`StatePoller` — the I/O shell that polls every replica's ``GET /v1/state``.
+
+A replica is *ready* when its last ``/v1/state`` said ``ready: true``; a failed poll or a
+failed forward marks it not ready until the next good poll. Queue depth is the router's best
+knowledge: its own in-flight requests plus what the worker reported beyond those at the last
+poll (other routers' requests), updated again from every answer's headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+from loraplex.router.pick import ReplicaView
+from pydantic import ValidationError
+
+from loraplex.contract import Headers, WorkerState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplicaState:
+    endpoint: str
+    ready: bool = False
+    polled_depth: int = 0
+    own_at_poll: int = 0
+    own_inflight: int = 0
+    active_adapter: str | None = None
+    resident: frozenset[str] = frozenset()
+    host_cached: frozenset[str] = frozenset()
+
+    def view(self) -> ReplicaView:
+        others = max(0, self.polled_depth - self.own_at_poll)
+        return ReplicaView(
+            endpoint=self.endpoint,
+            queue_depth=self.own_inflight + others,
+            active_adapter=self.active_adapter,
+            resident_adapters=self.resident,
+            host_cached_adapters=self.host_cached,
+        )
+
+    def observe_state(self, state: WorkerState) -> None:
+        self.ready = state.ready
+        self.polled_depth = state.queue_depth + state.in_flight
+        self.own_at_poll = self.own_inflight
+        self.active_adapter = state.active_adapter
+        self.resident = frozenset(state.resident_adapters)
+        self.host_cached = frozenset(state.host_cached_adapters)
+
+    def observe_answer(self, headers: Mapping[str, str]) -> None:
+        """A worker answered: it is alive, and its headers say what is active now."""
+        self.ready = True
+        active = headers.get(Headers.ACTIVE_ADAPTER)
+        if active is not None:
+            self.active_adapter = active or None
+            if active:
+                self.resident = self.resident | {active}
+
+
+@dataclass
+class Pool:
+    base_model: str
+    replicas: dict[str, ReplicaState] = field(default_factory=dict)
+    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: int = 0  # requests held for this pool right now (mirrors the pending gauge)
+
+    def set_endpoints(self, endpoints: Iterable[str]) -> None:
+        wanted = list(dict.fromkeys(endpoints))
+        for gone in set(self.replicas) - set(wanted):
+            del self.replicas[gone]
+        for endpoint in wanted:
+            self.replicas.setdefault(endpoint, ReplicaState(endpoint))
+        self.refresh()
+
+    def refresh(self) -> None:
+        if any(r.ready for r in self.replicas.values()):
+            self.ready_event.set()
+        else:
+            self.ready_event.clear()
+
+    def ready_views(self, exclude: Iterable[str] = ()) -> list[ReplicaView]:
+        skip = set(exclude)
+        return [r.view() for r in self.replicas.values() if r.ready and r.endpoint not in skip]
+
+    @property
+    def ready_count(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.ready)
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until a replica is ready; False when ``timeout_s`` passes first."""
+        if self.ready_event.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self.ready_event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def mark_failed(self, endpoint: str) -> None:
+        replica = self.replicas.get(endpoint)
+        if replica is not None:
+            replica.ready = False
+            self.refresh()
+
+
+@dataclass
+class PoolRegistry:
+    """Every pool this router serves. ``synced`` turns true once the source has listed them."""
+
+    pools: dict[str, Pool] = field(default_factory=dict)
+    synced: bool = False
+
+    def set_pool(self, base_model: str, endpoints: Iterable[str]) -> None:
+        self.pools.setdefault(base_model, Pool(base_model)).set_endpoints(endpoints)
+
+    def remove_pool(self, base_model: str) -> None:
+        pool = self.pools.pop(base_model, None)
+        if pool is not None:
+            pool.set_endpoints(())
+
+    def served(self) -> frozenset[str]:
+        return frozenset(self.pools)
+
+    def get(self, base_model: str) -> Pool | None:
+        return self.pools.get(base_model)
+
+    def replicas(self) -> list[tuple[Pool, ReplicaState]]:
+        return [(p, r) for p in self.pools.values() for r in p.replicas.values()]
+
+
+class PoolSource(Protocol):
+    async def start(self, registry: PoolRegistry) -> None:
+        """Fill ``registry`` and keep it current until :meth:`stop`; set ``synced`` once listed."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+class StaticPoolSource:
+    """Pools from settings: ``{base model: [worker base URL, …]}``; never changes."""
+
+    def __init__(self, pools: Mapping[str, list[str]]) -> None:
+        self.pools = dict(pools)
+
+    async def start(self, registry: PoolRegistry) -> None:
+        for base, endpoints in self.pools.items():
+            registry.set_pool(base, endpoints)
+        registry.synced = True
+
+    async def stop(self) -> None:
+        return None
+
+
+class StatePoller:
+    """Polls ``GET /v1/state`` of every replica every ``interval_s`` (concurrently)."""
+
+    def __init__(
+        self,
+        registry: PoolRegistry,
+        session: aiohttp.ClientSession,
+        *,
+        interval_s: float = 1.0,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self.registry = registry
+        self.session = session
+        self.interval_s = interval_s
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="loraplex-state-poller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def poll_once(self) -> None:
+        pairs = self.registry.replicas()
+        await asyncio.gather(*(self._poll(pool, replica) for pool, replica in pairs))
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self.interval_s)
+
+    async def _poll(self, pool: Pool, replica: ReplicaState) -> None:
+        try:
+            async with self.session.get(
+                f"{replica.endpoint}/v1/state", timeout=self.timeout
+            ) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise aiohttp.ClientResponseError(
+                        resp.request_info, (), status=resp.status, message="state poll failed"
+                    )
+            state = WorkerState.model_validate_json(body)
+        except (aiohttp.ClientError, TimeoutError, ValidationError) as exc:
+            if replica.ready:
+                log.warning(
+                    "replica %s of %s not ready: %s", replica.endpoint, pool.base_model, exc
+                )
+            replica.ready = False
+        else:
+            if state.base_model != pool.base_model:
+                log.error(
+                    "replica %s serves %s, not %s; ignoring it",
+                    replica.endpoint,
+                    state.base_model,
+                    pool.base_model,
+                )
+                replica.ready = False
+            else:
+                replica.observe_state(state)
+        pool.refresh()

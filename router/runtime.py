@@ -1,0 +1,103 @@
+"""Everything one router app holds, built in its lifespan from settings (no module state)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from huggingface_hub import HfApi
+from loraplex.router.forward import Forwarder
+from loraplex.router.metrics import RouterMetrics
+from loraplex.router.pick import STRATEGIES, AdapterAffinityPicker, Picker
+from loraplex.router.pools import PoolRegistry, PoolSource, StatePoller, StaticPoolSource
+from loraplex.router.resolve import CardSource, HubCardSource, LocalCardSource, Resolver
+from loraplex.router.service import RouterService
+from loraplex.router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RouterRuntime:
+    settings: RouterSettings
+    registry: PoolRegistry
+    metrics: RouterMetrics
+    session: aiohttp.ClientSession
+    pool_source: PoolSource
+    poller: StatePoller
+    service: RouterService
+
+    async def close(self) -> None:
+        await self.poller.stop()
+        await self.pool_source.stop()
+        await self.session.close()
+
+
+def default_card_source(settings: RouterSettings) -> CardSource:
+    if settings.models_dir is not None:
+        return LocalCardSource(settings.models_dir)
+    return HubCardSource(HfApi(endpoint=settings.hub_endpoint), timeout_s=settings.hub_timeout_s)
+
+
+def default_pool_source(settings: RouterSettings) -> PoolSource:
+    if settings.pool_source == "kubernetes":
+        from loraplex.router.pools_k8s import KubernetesPoolSource  # kubernetes_asyncio: lazy
+
+        return KubernetesPoolSource(settings.namespace)
+    return StaticPoolSource(settings.static_pools)
+
+
+def make_picker(settings: RouterSettings) -> Picker:
+    if settings.pick_strategy == "adapter_affinity":
+        return AdapterAffinityPicker(settings.max_queue_per_replica)
+    return STRATEGIES[settings.pick_strategy]()
+
+
+async def build_runtime(
+    settings: RouterSettings,
+    *,
+    card_source: CardSource | None = None,
+    pool_source: PoolSource | None = None,
+) -> RouterRuntime:
+    metrics = RouterMetrics()
+    registry = PoolRegistry()
+    connector = aiohttp.TCPConnector(limit=settings.max_connections, limit_per_host=0)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    source = pool_source or default_pool_source(settings)
+    await source.start(registry)
+    poller = StatePoller(
+        registry,
+        session,
+        interval_s=settings.state_poll_interval_s,
+        timeout_s=settings.state_timeout_s,
+    )
+    await poller.poll_once()  # static pools are routable from the first request
+    poller.start()
+    resolver = Resolver(
+        card_source or default_card_source(settings),
+        ttl_s=settings.resolve_ttl_s,
+        negative_ttl_s=settings.resolve_negative_ttl_s,
+        stale_s=settings.resolve_stale_s,
+        max_entries=settings.resolve_cache_size,
+        record=metrics.record_resolve,
+    )
+    forwarder = Forwarder(
+        session,
+        make_picker(settings),
+        metrics,
+        attempts=settings.attempts,
+        connect_timeout_s=settings.connect_timeout_s,
+        buffer_limit_bytes=settings.buffer_limit_bytes,
+    )
+    service = RouterService(
+        registry,
+        resolver,
+        forwarder,
+        metrics,
+        hold_timeout_s=settings.hold_timeout_s,
+        estimated_warmup_s=settings.estimated_warmup_s,
+        request_timeout_s=settings.request_timeout_s,
+    )
+    log.info("router ready: pools %s", ", ".join(sorted(registry.served())) or "(none yet)")
+    return RouterRuntime(settings, registry, metrics, session, source, poller, service)

@@ -1,0 +1,118 @@
+"""One generation through the router: resolve → locate → hold → pick/forward, with metrics.
+
+Independent of the public API shape: ``app.py`` turns Hugging Face and OpenAI requests into a
+:class:`GenerationCall` and the answer back into HTTP.
+
+Hold during scale-up: when the pool has no ready replica, the request waits (counted in
+``loraplex_router_pending{base_model}``) until one is ready or ``hold_timeout_s`` passes, then
+503 with ``estimated_time`` and ``Retry-After``. ``wait_for_model=False`` answers that 503 at
+once — the Hugging Face Inference API's ``options.wait_for_model``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from loraplex.router.forward import Forwarder, WorkerAnswer
+from loraplex.router.metrics import NO_BASE, RouterMetrics
+from loraplex.router.pools import Pool, PoolRegistry
+from loraplex.router.resolve import Resolver, Route
+
+from loraplex.contract import GenerateRequest, GenerationParameters, ImageFormat
+from loraplex.errors import WarmingUp
+
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; only ever in metrics
+
+
+@dataclass(frozen=True)
+class GenerationCall:
+    model_id: str
+    prompt: str
+    parameters: GenerationParameters
+    output_format: ImageFormat = ImageFormat.PNG
+    lora: str | None = None  # the seed's `lora:` header, for a base model id
+    token: str | None = None  # the caller's Hub token: resolution only, never logged
+    wait_for_model: bool = True
+
+
+class RouterService:
+    def __init__(
+        self,
+        registry: PoolRegistry,
+        resolver: Resolver,
+        forwarder: Forwarder,
+        metrics: RouterMetrics,
+        *,
+        hold_timeout_s: float,
+        estimated_warmup_s: float,
+        request_timeout_s: float,
+    ) -> None:
+        self.registry = registry
+        self.resolver = resolver
+        self.forwarder = forwarder
+        self.metrics = metrics
+        self.hold_timeout_s = hold_timeout_s
+        self.estimated_warmup_s = estimated_warmup_s
+        self.request_timeout_s = request_timeout_s
+
+    async def resolve(self, call: GenerationCall) -> Route:
+        return await self.resolver.resolve_with_lora(
+            call.model_id, call.lora, call.token, self.registry.served()
+        )
+
+    async def generate(self, call: GenerationCall, route: Route) -> WorkerAnswer:
+        """Hold for a ready replica, then forward; the deadline covers both."""
+        deadline = time.monotonic() + self.request_timeout_s
+        pool = self.registry.get(route.base_model)
+        if pool is None:  # the pool went away between resolve and now
+            raise WarmingUp(
+                f"{route.base_model} is not served right now; retry later",
+                retry_after_s=self.estimated_warmup_s,
+                estimated_time_s=self.estimated_warmup_s,
+            )
+        await self._hold(pool, call.wait_for_model, deadline)
+        request = GenerateRequest(
+            prompt=call.prompt,
+            adapter=route.adapter,
+            output_format=call.output_format,
+            **call.parameters.model_dump(exclude_none=True),
+        )
+        inflight = self.metrics.inflight.labels(route.base_model)
+        inflight.inc()
+        try:
+            return await self.forwarder.generate(pool, route, request, deadline)
+        finally:
+            inflight.dec()
+
+    async def _hold(self, pool: Pool, wait: bool, deadline: float) -> None:
+        if pool.ready_event.is_set():
+            return
+        warming = WarmingUp(
+            f"{pool.base_model} has no ready replica yet (scaling up); retry in about "
+            f"{self.estimated_warmup_s:.0f} s",
+            retry_after_s=self.estimated_warmup_s,
+            estimated_time_s=self.estimated_warmup_s,
+        )
+        if not wait:
+            raise warming
+        pending = self.metrics.pending.labels(pool.base_model)
+        pending.inc()
+        pool.pending += 1
+        try:
+            timeout = min(self.hold_timeout_s, max(0.0, deadline - time.monotonic()))
+            if not await pool.wait_ready(timeout):
+                raise warming
+        finally:
+            pending.dec()
+            pool.pending -= 1
+
+    def record(self, route: Route | None, call: GenerationCall, code: int, started: float) -> None:
+        """Count one answered request (the operator scales on this counter)."""
+        if route is None:
+            base = NO_BASE
+            kind = "adapter" if call.lora or call.model_id not in self.registry.served() else "base"
+        else:
+            base, kind = route.base_model, route.kind
+        self.metrics.requests.labels(base, kind, str(code)).inc()
+        self.metrics.latency.labels(base, kind).observe(time.monotonic() - started)

@@ -1,0 +1,130 @@
+"""Router settings: environment variables ``LORAPLEX_ROUTER_<FIELD>`` (upper-case field name).
+
+Example: ``LORAPLEX_ROUTER_STATIC_POOLS='{"org/base": ["http://127.0.0.1:8001"]}'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from loraplex.ids import validate_model_id
+from loraplex.settings import ComponentSettings
+
+
+class RouterSettings(ComponentSettings):
+    """Everything the router reads from its environment; every field says unit, default, why."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LORAPLEX_ROUTER_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 in a container.")
+    port: int = Field(8000, ge=0, le=65535, description="Listen port (0: any free port).")
+
+    # --- where the pools come from -------------------------------------------------------
+    pool_source: Literal["static", "kubernetes"] = Field(
+        "static",
+        description="static: `static_pools` below; kubernetes: watch BaseModelPool objects and "
+        "their Services' EndpointSlices in `namespace`.",
+    )
+    static_pools: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Base model id → worker base URLs (JSON), for the static pool source.",
+    )
+    namespace: str = Field(
+        "loraplex", description="Kubernetes namespace of the BaseModelPool objects to watch."
+    )
+    state_poll_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between GET /v1/state polls of each worker. Worker answers also "
+        "update the state, so this only bounds staleness when traffic is idle.",
+    )
+    state_timeout_s: float = Field(
+        2.0, gt=0, description="Seconds before a /v1/state poll counts as failed."
+    )
+
+    # --- resolution ------------------------------------------------------------------------
+    hub_endpoint: str | None = Field(
+        None,
+        description="Hub (or Hub-compatible server) base URL; default: huggingface_hub's own "
+        "(HF_ENDPOINT or https://huggingface.co).",
+    )
+    hub_timeout_s: float = Field(10.0, gt=0, description="Seconds per Hub metadata call.")
+    models_dir: Path | None = Field(
+        None,
+        description="Read model cards from DIR/<org>/<name>/README.md instead of the Hub "
+        "(embedded mode).",
+    )
+    resolve_ttl_s: float = Field(300.0, ge=0, description="Seconds a resolved model id is cached.")
+    resolve_negative_ttl_s: float = Field(
+        30.0, ge=0, description="Seconds a 'no such model / no access' answer is cached."
+    )
+    resolve_stale_s: float = Field(
+        86400.0,
+        ge=0,
+        description="Seconds an expired answer may still serve while the Hub is unreachable.",
+    )
+    resolve_cache_size: int = Field(10_000, ge=1, description="Most cached ids (LRU); ~1 KB each.")
+
+    # --- picking and forwarding -------------------------------------------------------------
+    pick_strategy: Literal["adapter_affinity", "least_loaded", "round_robin"] = Field(
+        "adapter_affinity", description="Replica picking strategy (router/pick.py)."
+    )
+    max_queue_per_replica: int = Field(
+        2,
+        ge=1,
+        description="Affinity bound: a replica with this many queued requests only gets more "
+        "when no other replica has room — spreads a hot adapter.",
+    )
+    attempts: int = Field(
+        3, ge=1, description="Replicas tried per request before 502 (failures before the answer)."
+    )
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Deadline per request, hold included; past it the answer is 504.",
+    )
+    connect_timeout_s: float = Field(2.0, gt=0, description="Seconds to connect to a worker.")
+    max_connections: int = Field(
+        1000, ge=1, description="Connections in the one pooled worker client."
+    )
+    buffer_limit_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="Worker answers up to this size are read whole before the client gets a "
+        "byte, so a body cut short is retried on another replica; larger ones stream.",
+    )
+
+    # --- hold during scale-up ---------------------------------------------------------------
+    hold_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long a request waits for a pool with no ready replica before 503.",
+    )
+    estimated_warmup_s: float = Field(
+        60.0,
+        gt=0,
+        description="The estimated_time (and Retry-After) in a 503 while a pool warms up: a "
+        "GPU node plus a base-model load is typically about a minute.",
+    )
+    max_images_per_request: int = Field(
+        4, ge=1, le=16, description="Largest `n` accepted by /v1/images/generations."
+    )
+
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_json: bool = Field(False, description="One JSON object per log line.")
+
+    @field_validator("static_pools")
+    @classmethod
+    def _valid_pools(cls, pools: dict[str, list[str]]) -> dict[str, list[str]]:
+        for base, urls in pools.items():
+            validate_model_id(base)
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"worker URL {url!r} of {base} must start with http(s)://")
+        return {base: [u.rstrip("/") for u in urls] for base, urls in pools.items()}
