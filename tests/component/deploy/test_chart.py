@@ -296,3 +296,19 @@ def test_notes_render_with_the_contract(helm_bin) -> None:
     notes = result.stdout.split("NOTES:", 1)[1]
     assert "kubectl get bmp -n lp -w" in notes
     assert "app.kubernetes.io/component=worker" in notes
+
+
+def test_router_env_names_are_router_settings(rendered: list[Manifest]) -> None:
+    """Every LORAPLEX_ROUTER_* variable the chart sets is a RouterSettings field (pydantic-
+    settings ignores unknown variables, so a typo would silently do nothing)."""
+    from loraplex.router.settings import RouterSettings
+
+    pod = one(rendered, "Deployment", "lp-loraplex-router")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    prefix = RouterSettings.model_config["env_prefix"]
+    names = {n.removeprefix(prefix).lower() for n in env if n.startswith(prefix)}
+    assert names and names <= RouterSettings.model_fields.keys()
+    settings = RouterSettings(**{n: env[prefix + n.upper()] for n in names})
+    assert settings.pool_source == "kubernetes"
+    assert settings.port == container["ports"][0]["containerPort"]
