@@ -71,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--burst", type=_burst, action="append", help="START:DURATION:MULT")
     traffic.add_argument("--horizon", type=float, help="simulated seconds")
     traffic.add_argument("--seed", type=int, help="random seed (same seed → same figures)")
+    fleet = p.add_argument_group("fleet")
+    fleet.add_argument(
+        "--rate-window",
+        type=float,
+        metavar="S",
+        help="seconds of counter history the operator's rate averages over (default 30, the "
+        "operator's LORAPLEX_OPERATOR_RATE_WINDOW_S default)",
+    )
+    fleet.add_argument("--before-idle-stop", type=float, metavar="S", help="'before' scale-down")
+    fleet.add_argument(
+        "--after-picker", choices=["round_robin", "least_loaded"], help="'after' pool's picker"
+    )
     out = p.add_argument_group("output")
     out.add_argument("--sizing", type=_floats, help="traffic multipliers for the sizing table")
     out.add_argument("--no-sizing", action="store_true", help="skip the sizing table")
@@ -100,6 +112,12 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     data = cfg.model_dump()
     data["traffic"].update({k: v for k, v in traffic.items() if v is not None})
     data["traffic"]["synthetic"].update({k: v for k, v in synthetic.items() if v is not None})
+    knobs = {
+        "rate_window_s": args.rate_window,
+        "before_idle_stop_s": args.before_idle_stop,
+        "after_picker": args.after_picker,
+    }
+    data["scenarios"].update({k: v for k, v in knobs.items() if v is not None})
     if args.sizing is not None:
         data["sizing_multipliers"] = args.sizing
     if args.no_sizing:

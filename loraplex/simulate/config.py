@@ -103,7 +103,10 @@ class PoolSettings(_Model):
 
     adapter_slots: int = Field(default=4, ge=1)  # adapters resident on the GPU at once
     host_cache_adapters: int = Field(default=64, ge=0)  # adapters kept in host RAM
-    disk_cache_adapters: int = Field(default=1000, ge=0)  # adapters kept in the node's HF cache
+    disk_cache_adapters: int = Field(default=1000, ge=0)  # adapters kept in the HF cache
+    # True: the pool's workers share one disk cache (the chart's ReadWriteMany modelCache PVC),
+    # so an adapter one replica downloaded is a disk hit on every other; False: per node.
+    shared_disk_cache: bool = True
     max_queue_per_replica: int = Field(default=2, ge=1)  # AdapterAffinityPicker's bound
     scaling: ScalingSettings = ScalingSettings()
 
@@ -112,6 +115,8 @@ class ScenarioSettings(_Model):
     """Knobs of the three scenarios and of the measurement."""
 
     operator_interval_s: float = Field(default=5.0, gt=0)  # loraplex operator timer
+    # Seconds of counter history the operator's rate averages over: its rate_window_s default.
+    rate_window_s: float = Field(default=30.0, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)  # held longer → rejected (504)
     max_queue_depth: int = Field(default=64, ge=1)  # every replica this deep → rejected (429)
     before_idle_stop_s: float = Field(default=300.0, ge=0)  # dedicated deployment scale-down

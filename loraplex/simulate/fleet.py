@@ -66,7 +66,9 @@ class SingleAdapterSlot:
         return Switch(seconds + self._load_s, SwitchTier.HUB.value, loaded=True)
 
 
-class _Lru:
+class LruSet:
+    """Keys in least-recently-used order, at most ``capacity`` of them."""
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, None] = OrderedDict()
@@ -88,14 +90,16 @@ class _Lru:
 
 class TieredAdapterCache:
     """loraplex's worker cache: each tier an LRU, inclusive (a resident adapter is also cached
-    in host RAM and on disk). Evicting from the GPU costs nothing: the host copy stays."""
+    in host RAM and on disk). Evicting from the GPU costs nothing: the host copy stays.
+    ``disk`` may be one :class:`LruSet` shared by a pool's workers (a shared model-cache volume).
+    """
 
-    def __init__(self, times: SwitchTimes, slots: int, host: int, disk: int) -> None:
+    def __init__(self, times: SwitchTimes, slots: int, host: int, disk: int | LruSet) -> None:
         self.active: str | None = None
         self._times = times
-        self._resident = _Lru(slots)
-        self._host = _Lru(host)
-        self._disk = _Lru(disk)
+        self._resident = LruSet(slots)
+        self._host = LruSet(host)
+        self._disk = disk if isinstance(disk, LruSet) else LruSet(disk)
 
     @property
     def resident(self) -> tuple[str, ...]:

@@ -22,12 +22,14 @@ from collections.abc import Callable, Iterator
 
 import simpy
 
+from loraplex.operator.rates import CounterRates, RouterSample
 from loraplex.operator.scaling import Observation, ScalingPolicy, ScalingSpec
 from loraplex.router.pick import AdapterAffinityPicker, LeastLoadedPicker, Picker, RoundRobinPicker
 from loraplex.simulate.config import PoolSettings, SimConfig
 from loraplex.simulate.fleet import (
     AdapterModel,
     DedicatedAdapter,
+    LruSet,
     Recorder,
     Replica,
     SingleAdapterSlot,
@@ -58,7 +60,7 @@ class Pool:
         self.env, self.name, self.picker, self.recorder, self.cfg = env, name, picker, recorder, cfg
         self.replicas: list[Replica] = []
         self.pending: deque[Request] = deque()
-        self.arrivals = 0  # since the operator last looked
+        self.requests_total = 0  # the router's loraplex_router_requests_total for this base
         self._by_name: dict[str, Replica] = {}
         self._make_adapters = make_adapters
         self._inference_s = inference_s
@@ -90,7 +92,7 @@ class Pool:
         return [r for r in self.replicas if r.ready and not r.draining]
 
     def submit(self, request: Request) -> None:
-        self.arrivals += 1
+        self.requests_total += 1
         ready = self.ready()
         if ready:
             self._dispatch(request, ready)
@@ -290,19 +292,15 @@ def run_loraplex(traffic: Traffic, cfg: SimConfig) -> Recorder:
         settings = cfg.pool_for(base)
         picker, policies[base] = loraplex_parts(cfg, base)
         recorder.parts[base] = (picker, policies[base])
+        shared_disk = LruSet(settings.disk_cache_adapters)
+
+        def worker_cache() -> TieredAdapterCache:
+            disk = shared_disk if settings.shared_disk_cache else settings.disk_cache_adapters
+            slots, host = settings.adapter_slots, settings.host_cache_adapters
+            return TieredAdapterCache(hw.switch_s, slots, host, disk)
+
         pool = Pool(
-            env,
-            f"loraplex/{base}",
-            picker,
-            recorder,
-            cfg,
-            lambda: TieredAdapterCache(
-                hw.switch_s,
-                settings.adapter_slots,
-                settings.host_cache_adapters,
-                settings.disk_cache_adapters,
-            ),
-            hw.inference_for(base),
+            env, f"loraplex/{base}", picker, recorder, cfg, worker_cache, hw.inference_for(base)
         )
         for _ in range(settings.scaling.min_replicas):
             pool.add_replica(0.0)
@@ -310,17 +308,22 @@ def run_loraplex(traffic: Traffic, cfg: SimConfig) -> Recorder:
 
     def operate(env: simpy.Environment, pool: Pool, base: str) -> Iterator[simpy.Event]:
         policy = policies[base]
+        rates = CounterRates(cfg.scenarios.rate_window_s)  # the operator's own rate estimator
         while True:
             yield env.timeout(interval)
             pool.expire_pending()
+            scrape = RouterSample(
+                requests={base: float(pool.requests_total)}, pending={base: len(pool.pending)}
+            )
+            rates.observe(env.now, {"router": scrape})
+            snapshot = rates.snapshot()
             observation = Observation(
                 now=env.now,
-                rate=pool.arrivals / interval,
-                pending=len(pool.pending),
+                rate=snapshot.rates.get(base, 0.0),
+                pending=snapshot.pending.get(base, 0),
                 ready_replicas=len(pool.ready()),
                 current_replicas=len(pool.live()),
             )
-            pool.arrivals = 0
             decision = policy.decide(observation)
             base_load = hw.base_load_cached_s if pool.ever_started else hw.base_load_cold_s
             pool.scale_to(decision.replicas, hw.pod_start_s + base_load)
