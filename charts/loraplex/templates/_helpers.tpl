@@ -57,10 +57,11 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
-{{/* Labels the operator puts on worker pods: the NetworkPolicy and ServiceMonitor select these. */}}
+{{/* Labels the operator puts on worker pods and Services (loraplex.operator.resources.labels):
+the worker NetworkPolicy and ServiceMonitor select these. */}}
 {{- define "loraplex.workerSelectorLabels" -}}
+app.kubernetes.io/name: loraplex-worker
 app.kubernetes.io/component: worker
-app.kubernetes.io/part-of: loraplex
 {{- end }}
 
 {{- define "loraplex.image" -}}

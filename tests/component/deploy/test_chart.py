@@ -24,13 +24,19 @@ from fixtures.deploy_checks import (
     validate_object,
 )
 
-# The label contract (documented at the top of values.yaml): worker pods are built by the
-# operator, so the chart can only select them by these labels.
-WORKER_POD_LABELS = {
-    "app.kubernetes.io/component": "worker",
-    "app.kubernetes.io/part-of": "loraplex",
-}
-WORKER_PORT = 8000
+
+def operator_built_worker() -> tuple[Manifest, Manifest]:
+    """A worker Deployment and Service exactly as the operator builds them for a pool: the
+    chart can only select worker pods by the labels the operator puts on them."""
+    from loraplex.operator import resources
+
+    body = {
+        "metadata": {"name": "sdxl-base", "namespace": "lp", "uid": "0000"},
+        "spec": {"baseModel": "stabilityai/stable-diffusion-xl-base-1.0"},
+    }
+    pool = resources.parse_pool(body, default_image="worker:test")
+    return resources.build_deployment(pool, replicas=1), resources.build_service(pool)
+
 
 OPERATOR_RULES = {
     ("loraplex.dev", "basemodelpools"): {"get", "list", "watch", "patch"},
@@ -210,14 +216,19 @@ def test_network_policies_select_workers_router_and_operator(rendered: list[Mani
     router_labels = router_pod["metadata"]["labels"]
 
     worker = policies["lp-loraplex-worker"]
-    assert worker["podSelector"]["matchLabels"] == WORKER_POD_LABELS
+    worker_deployment, _ = operator_built_worker()
+    worker_pod = worker_deployment["spec"]["template"]
+    assert selects(worker["podSelector"]["matchLabels"], worker_pod["metadata"]["labels"])
     assert not selects(worker["podSelector"]["matchLabels"], router_labels)
+    assert not selects(worker["podSelector"]["matchLabels"], operator_pod["metadata"]["labels"])
+    (worker_container,) = worker_pod["spec"]["containers"]
+    worker_port = worker_container["ports"][0]["containerPort"]
     first = worker["ingress"][0]
     (peer,) = first["from"]
     assert set(peer) == {"podSelector"}, "workers must accept only pods, not namespaces"
     assert selects(peer["podSelector"]["matchLabels"], router_labels)
     assert not selects(peer["podSelector"]["matchLabels"], operator_pod["metadata"]["labels"])
-    assert first["ports"] == [{"port": WORKER_PORT, "protocol": "TCP"}]
+    assert first["ports"] == [{"port": worker_port, "protocol": "TCP"}]
 
     router = policies["lp-loraplex-router"]
     assert selects(router["podSelector"]["matchLabels"], router_labels)
@@ -264,7 +275,12 @@ def test_service_monitors_scrape_named_ports(rendered_all_on: list[Manifest]) ->
         assert selects(spec["selector"]["matchLabels"], service["metadata"]["labels"])
         assert spec["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
         assert monitors[f"lp-loraplex-{component}"]["endpoints"][0]["interval"] == "15s"
-    assert monitors["lp-loraplex-worker"]["selector"]["matchLabels"] == WORKER_POD_LABELS
+    _, worker_service = operator_built_worker()
+    worker_monitor = monitors["lp-loraplex-worker"]
+    assert selects(worker_monitor["selector"]["matchLabels"], worker_service["metadata"]["labels"])
+    assert worker_monitor["endpoints"][0]["port"] in {
+        p["name"] for p in worker_service["spec"]["ports"]
+    }
 
 
 def test_dashboard_plots_the_contract_metrics(rendered_all_on: list[Manifest]) -> None:
@@ -312,3 +328,21 @@ def test_router_env_names_are_router_settings(rendered: list[Manifest]) -> None:
     settings = RouterSettings(**{n: env[prefix + n.upper()] for n in names})
     assert settings.pool_source == "kubernetes"
     assert settings.port == container["ports"][0]["containerPort"]
+
+
+def test_operator_env_names_are_operator_settings(rendered: list[Manifest]) -> None:
+    """Every LORAPLEX_OPERATOR_* variable the chart sets is an OperatorSettings field."""
+    from loraplex.operator.settings import OperatorSettings
+
+    pod = one(rendered, "Deployment", "lp-loraplex-operator")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    prefix = OperatorSettings.model_config["env_prefix"]
+    names = {n.removeprefix(prefix).lower() for n in env if n.startswith(prefix)}
+    assert names and names <= OperatorSettings.model_fields.keys()
+    settings = OperatorSettings(**{n: env[prefix + n.upper()] for n in names})
+    assert settings.metrics_port == container["ports"][0]["containerPort"]
+    assert settings.router_service == "lp-loraplex-router"
+    assert not settings.cluster_scanning, "RBAC grants no CRD or namespace listing"
+    peering_on = any(d["kind"].endswith("KopfPeering") for d in rendered)
+    assert bool(settings.peering) == peering_on
