@@ -40,9 +40,9 @@ def operator_built_worker() -> tuple[Manifest, Manifest]:
 
 OPERATOR_RULES = {
     ("loraplex.dev", "basemodelpools"): {"get", "list", "watch", "patch"},
-    ("loraplex.dev", "basemodelpools/status"): {"get", "patch"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
-    ("", "services"): {"get", "list", "watch", "create", "patch"},
+    ("loraplex.dev", "basemodelpools/status"): {"patch"},
+    ("apps", "deployments"): {"get", "create", "patch"},
+    ("", "services"): {"get", "create", "patch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create"},

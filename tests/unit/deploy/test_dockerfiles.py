@@ -1,0 +1,249 @@
+"""The container images, checked without a Docker engine (there is none in CI).
+
+What can be checked from the Dockerfiles and the source: the final stage runs as the non-root
+UID the Helm chart expects; the extras they install exist in pyproject.toml; the entry point
+and subcommands they (and the chart) run exist in ``loraplex.cli.SUBCOMMANDS``; every folder
+``pip install .`` needs is copied; and every third-party module reachable by import from the
+subcommands an image runs is provided by the distributions that image installs — so the slim
+control-plane image cannot silently need torch. What is not checked here: that the images
+build and start (that needs Docker and, for the worker, a GPU; see README "Install on
+Kubernetes" for the build commands).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from loraplex.cli import SUBCOMMANDS
+
+REPO = Path(__file__).resolve().parents[3]
+DOCKER = REPO / "deploy" / "docker"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+CHART_VALUES = yaml.safe_load((REPO / "charts/loraplex/values.yaml").read_text())
+
+
+class Instruction(NamedTuple):
+    keyword: str
+    args: str
+
+
+class Image(NamedTuple):
+    dockerfile: str
+    extras: frozenset[str]
+    subcommands: tuple[str, ...]  # what the chart or the operator runs in it
+
+
+IMAGES = [
+    Image("worker.Dockerfile", frozenset({"worker"}), ("worker",)),
+    Image("control-plane.Dockerfile", frozenset({"router", "operator"}), ("router", "operator")),
+]
+
+
+def parse(dockerfile: str) -> list[list[Instruction]]:
+    """Instructions of each build stage (continuation lines joined, comments dropped)."""
+    text = (DOCKER / dockerfile).read_text()
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    stages: list[list[Instruction]] = [[]]
+    for line in filter(str.strip, joined.splitlines()):
+        keyword, _, args = line.strip().partition(" ")
+        if keyword.upper() == "FROM":
+            stages.append([])
+        stages[-1].append(Instruction(keyword.upper(), args.strip()))
+    return stages
+
+
+def final_stage(dockerfile: str) -> list[Instruction]:
+    return parse(dockerfile)[-1]
+
+
+def values_of(stage: list[Instruction], keyword: str) -> list[str]:
+    return [i.args for i in stage if i.keyword == keyword]
+
+
+def installed_extras(dockerfile: str) -> set[str]:
+    runs = " ".join(i.args for stage in parse(dockerfile) for i in stage if i.keyword == "RUN")
+    found = re.findall(r"pip install [^&]*?\"\.\[([a-z,]+)\]\"", runs)
+    return {extra for group in found for extra in group.split(",")}
+
+
+@pytest.mark.parametrize("image", IMAGES, ids=[i.dockerfile for i in IMAGES])
+def test_runs_as_the_non_root_uid_the_chart_expects(image: Image) -> None:
+    (user,) = values_of(final_stage(image.dockerfile), "USER")
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) >= 1000, f"USER {user} must be a numeric non-root UID"
+    assert int(uid) == CHART_VALUES["podSecurityContext"]["runAsUser"]
+    assert int(gid) == CHART_VALUES["podSecurityContext"]["runAsGroup"]
+
+
+@pytest.mark.parametrize("image", IMAGES, ids=[i.dockerfile for i in IMAGES])
+def test_installs_extras_that_exist(image: Image) -> None:
+    extras = installed_extras(image.dockerfile)
+    assert extras == image.extras
+    assert extras <= PYPROJECT["project"]["optional-dependencies"].keys()
+
+
+@pytest.mark.parametrize("image", IMAGES, ids=[i.dockerfile for i in IMAGES])
+def test_entrypoint_and_subcommands_exist(image: Image) -> None:
+    stage = final_stage(image.dockerfile)
+    (entrypoint,) = values_of(stage, "ENTRYPOINT")
+    (cmd,) = values_of(stage, "CMD")
+    assert json.loads(entrypoint) == ["loraplex"]
+    assert PYPROJECT["project"]["scripts"]["loraplex"] == "loraplex.cli:main"
+    assert json.loads(cmd)[0] in image.subcommands
+    for subcommand in image.subcommands:
+        assert subcommand in SUBCOMMANDS
+        module = SUBCOMMANDS[subcommand].module
+        assert module_file(module) is not None, f"{module} does not exist yet"
+
+
+@pytest.mark.parametrize("image", IMAGES, ids=[i.dockerfile for i in IMAGES])
+def test_copies_everything_pip_install_needs(image: Image) -> None:
+    copied = set()
+    for args in values_of(parse(image.dockerfile)[1], "COPY"):
+        *sources, _dest = args.split()
+        copied.update(s.rstrip("/") for s in sources if not s.startswith("--"))
+    needed = {"pyproject.toml", PYPROJECT["project"]["readme"]}
+    needed |= {d.split("/")[0] for d in PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
+    assert needed <= copied
+    assert all((REPO / path).exists() for path in copied)
+    ignore = (DOCKER / f"{image.dockerfile}.dockerignore").read_text().splitlines()
+    assert {f"!{p}/" if (REPO / p).is_dir() else f"!{p}" for p in needed} <= set(ignore)
+
+
+def test_worker_image_is_cuda_runtime_with_cuda_torch_and_a_cache_volume() -> None:
+    stages = parse("worker.Dockerfile")
+    base = re.search(r"CUDA_RUNTIME_IMAGE=(\S+)", stages[0][0].args)
+    assert base and re.fullmatch(r"nvidia/cuda:[\d.]+-(cudnn-)?runtime-ubuntu[\d.]+", base[1])
+    runs = [i.args for i in stages[1] if i.keyword == "RUN"]
+    torch_at = next(n for n, r in enumerate(runs) if "pip install --index-url" in r)
+    extra_at = next(n for n, r in enumerate(runs) if '".[worker]"' in r)
+    assert torch_at < extra_at, "CUDA torch must be installed before the worker extra"
+    index = re.search(r"TORCH_INDEX_URL=(\S+)", " ".join(values_of(stages[1], "ARG")))
+    assert index and re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", index[1])
+    final = stages[-1]
+    env = " ".join(values_of(final, "ENV"))
+    hf_home = re.search(r"HF_HOME=(\S+)", env)
+    assert hf_home and json.loads(values_of(final, "VOLUME")[0]) == [hf_home[1]]
+    assert "LORAPLEX_WORKER_PORT=8000" in env
+
+
+def test_control_plane_image_is_slim_and_matches_the_chart() -> None:
+    stages = parse("control-plane.Dockerfile")
+    assert re.search(r"PYTHON_IMAGE=python:3\.1[1-9]-slim", stages[0][0].args)
+    env = " ".join(values_of(stages[-1], "ENV"))
+    assert f"LORAPLEX_ROUTER_PORT={CHART_VALUES['router']['port']}" in env
+    assert 'import torch" 2>/dev/null' in " ".join(values_of(stages[1], "RUN"))
+
+
+# --- import closure ----------------------------------------------------------------------
+
+
+PACKAGE_DIRS = PYPROJECT["tool"]["setuptools"]["package-dir"]
+
+
+def module_file(name: str) -> Path | None:
+    """Source file of a loraplex module, found through pyproject's package-dir mapping without
+    importing anything (importing would run torch's import for the worker modules)."""
+    package = max((p for p in PACKAGE_DIRS if name == p or name.startswith(p + ".")), key=len)
+    rest = name[len(package) :].lstrip(".").split(".") if name != package else []
+    base = REPO / PACKAGE_DIRS[package] / Path(*rest) if rest else REPO / PACKAGE_DIRS[package]
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None  # "from module import name": the name is not a module
+
+
+def imports_of(name: str, path: Path) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+                found.add(target)
+                found.update(f"{target}.{a.name}" for a in node.names)
+            elif node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def third_party_imports(entry_modules: list[str]) -> set[str]:
+    """Top-level third-party modules imported (anywhere, lazily too) by the loraplex modules
+    reachable from ``entry_modules``."""
+    seen: set[str] = set()
+    todo = list(entry_modules)
+    external: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = module_file(name)
+        if path is None:
+            continue  # "from pkg import function": not a module
+        for imported in imports_of(name, path):
+            top = imported.split(".")[0]
+            if top == "loraplex":
+                todo.append(imported)
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                external.add(top)
+    return external
+
+
+def provided_distributions(extras: frozenset[str]) -> set[str]:
+    """Distributions installed by ``pip install .[extras]``: declared ones and their deps."""
+    project = PYPROJECT["project"]
+    reqs = list(project["dependencies"])
+    for extra in extras:
+        reqs += project["optional-dependencies"][extra]
+    todo = [Requirement(r) for r in reqs]
+    provided: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in provided:
+            continue
+        provided.add(name)
+        for sub in importlib.metadata.requires(req.name) or []:
+            sub_req = Requirement(sub)
+            if sub_req.marker is None or sub_req.marker.evaluate({"extra": ""}):
+                todo.append(sub_req)
+    return provided
+
+
+@pytest.mark.parametrize("image", IMAGES, ids=[i.dockerfile for i in IMAGES])
+def test_image_provides_every_module_its_subcommands_import(image: Image) -> None:
+    entries = ["loraplex.cli", *(SUBCOMMANDS[s].module for s in image.subcommands)]
+    distributions = importlib.metadata.packages_distributions()
+    provided = provided_distributions(image.extras)
+    missing = {}
+    for module in third_party_imports(entries):
+        dists = {canonicalize_name(d) for d in distributions.get(module, [])}
+        if not dists & provided:
+            missing[module] = dists or "no installed distribution"
+
+    assert not missing, f"{image.dockerfile}: not installed by {set(image.extras)}: {missing}"
+
+
+def test_closure_check_can_fail() -> None:
+    """The closure finds the worker's torch import, which the control plane must not need."""
+    worker_modules = third_party_imports(["loraplex.worker.cli"])
+    assert "torch" in worker_modules
+    assert "torch" not in provided_distributions(frozenset({"router", "operator"}))
