@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import FastAPI, Header, Path, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from loraplex.router.forward import WorkerAnswer
 from loraplex.router.pools import PoolSource
@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraplex import __version__
-from loraplex.contract import ErrorBody, GenerationParameters, ImageFormat, Limits
+from loraplex.contract import ErrorBody, GenerationParameters, Headers, ImageFormat, Limits
 from loraplex.errors import BadRequest, LoraplexError, install_handlers
 
 T = TypeVar("T")
@@ -54,6 +54,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         504: "deadline passed",
     }.items()
 }
+_HEADER_DOCS = [
+    {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": why,
+    }
+    for name, why in (
+        ("lora", "adapter id to apply when the model id is a base (the seed's header)"),
+        ("x-wait-for-model", "'false': answer 503 at once while the pool warms up"),
+        ("authorization", "'Bearer <Hub token>' for gated/private repos; never logged"),
+    )
+]
 _IMAGE_CONTENT = {
     f.media_type: {"schema": {"type": "string", "format": "binary"}} for f in ImageFormat
 }
@@ -239,23 +253,24 @@ def _add_generation_routes(app: FastAPI) -> None:
         response_class=Response,
         responses={200: {"content": _IMAGE_CONTENT, "description": "the image"}, **_ERRORS},
         summary="Hugging Face Inference API: text to image",
+        openapi_extra={"parameters": _HEADER_DOCS},
     )
     async def hf_text_to_image(
         request: Request,
         body: HFTextToImageRequest,
         model_id: Annotated[str, Path(description="LoRA repo id or served base id")],
-        lora: Annotated[str | None, Header(description="adapter id, on a base model")] = None,
-        x_wait_for_model: Annotated[str | None, Header()] = None,
-        authorization: Annotated[str | None, Header()] = None,
-        accept: Annotated[str | None, Header()] = None,
     ) -> Response:
+        # Headers are read from request.headers, not declared as FastAPI Header parameters:
+        # FastAPI's per-request parameter solving cost ~30 % of the router's throughput.
+        headers = request.headers
+        x_wait_for_model = headers.get(Headers.WAIT_FOR_MODEL)
         call = GenerationCall(
             model_id=model_id,
             prompt=body.inputs,
             parameters=body.parameters,
-            output_format=ImageFormat.from_accept(accept),
-            lora=lora,
-            token=bearer_token(authorization),
+            output_format=ImageFormat.from_accept(headers.get("accept")),
+            lora=headers.get(Headers.SEED_LORA),
+            token=bearer_token(headers.get("authorization")),
             wait_for_model=wants_to_wait(x_wait_for_model, body.options.wait_for_model),
         )
         served = await _serve(request, call)
@@ -268,13 +283,11 @@ def _add_generation_routes(app: FastAPI) -> None:
         response_model=OpenAIImagesResponse,
         responses=_ERRORS,
         summary="OpenAI images API: generations",
+        openapi_extra={"parameters": _HEADER_DOCS[1:]},
     )
-    async def openai_generations(
-        request: Request,
-        body: OpenAIImageRequest,
-        authorization: Annotated[str | None, Header()] = None,
-        x_wait_for_model: Annotated[str | None, Header()] = None,
-    ) -> Any:
+    async def openai_generations(request: Request, body: OpenAIImageRequest) -> Any:
+        authorization = request.headers.get("authorization")
+        x_wait_for_model = request.headers.get(Headers.WAIT_FOR_MODEL)
         settings_n = _runtime(request).settings.max_images_per_request
         if body.n > settings_n:
             raise BadRequest(f"n={body.n} is over this router's limit of {settings_n} images")
