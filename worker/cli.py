@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import uvicorn
 from loraplex.worker.app import create_app
+from loraplex.worker.memory import pin_malloc_thresholds
 from loraplex.worker.settings import WorkerSettings
 from pydantic import ValidationError
 
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         )
     configure_logging(args.log_level, json_lines=args.json_logs)
+    pin_malloc_thresholds()
     uvicorn.run(
         create_app(settings),
         host=settings.host,

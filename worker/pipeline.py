@@ -126,7 +126,7 @@ class Engine:
         folder, commit = fetcher.snapshot(settings.base_model, settings.base_revision, token)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
-        pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
+        pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True)
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         log.info("loaded base %s@%s on %s (%s)", settings.base_model, commit, device, dtype)

@@ -1,0 +1,203 @@
+"""Engine correctness on the tiny pipeline, through the real huggingface_hub client.
+
+For every demo adapter and every tier path the image equals diffusers' own
+``load_lora_weights`` for the same seed (max abs diff ≤ 1e-4), and after any adapter or failed
+load a base image is bit-exact with a pipeline that never had a slot. The Hub is the fixture
+server (``fixtures.hub``); references come from a separate pristine pipeline loading the same
+repo folders with diffusers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures.hub import point_client_at
+from loraplex.worker.pipeline import Engine
+from loraplex.worker.settings import WorkerSettings
+
+from loraplex.contract import AdapterRef, GenerateRequest, SwitchTier
+from loraplex.demo import ADAPTERS, LORA_KOHYA, LORA_R4, LORA_R8_ALPHA16, TINY_SD
+from loraplex.errors import (
+    Forbidden,
+    LoraplexError,
+    NotFound,
+    NotServable,
+    PayloadTooLarge,
+    Unauthorized,
+)
+
+pytestmark = pytest.mark.slow
+TOLERANCE = 1e-4
+REQUEST = GenerateRequest(
+    prompt="a photo of sks", width=64, height=64, num_inference_steps=2, guidance_scale=5.0, seed=7
+)
+
+
+def image(engine: Engine) -> np.ndarray:
+    return engine.run_pipe(REQUEST, output_type="np")[1][0]
+
+
+@pytest.fixture(scope="module")
+def hub_cache(hub_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    cache = tmp_path_factory.mktemp("worker-hf-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        point_client_at(patch, hub_server.url, cache)
+        yield cache / "hub"
+
+
+@pytest.fixture(scope="module")
+def references(demo_models) -> dict[str | None, np.ndarray]:
+    """Images from a pristine diffusers pipeline: the base, then each adapter (diffusers load)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(demo_models.path(TINY_SD))
+    pipe.set_progress_bar_config(disable=True)
+
+    def render() -> np.ndarray:
+        return pipe(
+            REQUEST.prompt,
+            width=64,
+            height=64,
+            num_inference_steps=2,
+            guidance_scale=5.0,
+            generator=torch.Generator().manual_seed(REQUEST.seed),
+            output_type="np",
+        ).images[0]
+
+    refs: dict[str | None, np.ndarray] = {None: render()}
+    for spec in ADAPTERS:
+        pipe.load_lora_weights(str(demo_models.path(spec.repo_id)), weight_name=spec.weight_name)
+        refs[spec.repo_id] = render()
+        pipe.unload_lora_weights()
+    return refs
+
+
+@pytest.fixture(scope="module")
+def engine(hub_cache: Path) -> Engine:
+    settings = WorkerSettings(
+        base_model=TINY_SD,
+        cache_dir=hub_cache,
+        slot_rank=8,
+        max_adapter_slots=2,
+        width=64,
+        height=64,
+        num_inference_steps=2,
+    )
+    return Engine.load(settings)
+
+
+def assert_matches(engine: Engine, refs: dict, repo_id: str | None) -> None:
+    got = image(engine)
+    if repo_id is None:
+        assert np.array_equal(got, refs[None]), "base image is not bit-exact"
+    else:
+        diff = float(np.abs(got - refs[repo_id]).max())
+        assert diff <= TOLERANCE, f"{repo_id}: max abs diff {diff} vs diffusers"
+        assert not np.array_equal(got, refs[None])
+
+
+@pytest.mark.parametrize("spec", ADAPTERS, ids=lambda s: s.repo_id.split("/")[1])
+def test_every_demo_adapter_matches_diffusers_then_base_is_bit_exact(
+    engine: Engine, references: dict, spec
+) -> None:
+    switch = engine.switch_to(AdapterRef(repo_id=spec.repo_id))
+    expected = (
+        SwitchTier.SLOW
+        if spec.has_text_encoder
+        else (SwitchTier.HUB, SwitchTier.RESIDENT, SwitchTier.HOST, SwitchTier.ACTIVE)
+    )
+    assert switch.tier in (expected if isinstance(expected, tuple) else (expected,))
+    assert switch.active is not None and len(switch.active.commit) == 40  # branch → commit
+    assert_matches(engine, references, spec.repo_id)
+    engine.switch_to(None)
+    assert_matches(engine, references, None)
+
+
+def test_every_tier_path_gives_the_same_image(engine: Engine, references: dict) -> None:
+    r4, r8, kohya = (AdapterRef(repo_id=r) for r in (LORA_R4, LORA_R8_ALPHA16, LORA_KOHYA))
+    key = engine.fetcher.resolve(r4, None)
+    engine.cache.drop(key)
+    engine.switch_to(None)
+    steps = [
+        (r4, "hub-or-disk"),
+        (r4, SwitchTier.ACTIVE),
+        (r8, None),
+        (r4, SwitchTier.RESIDENT),
+        (kohya, None),
+        (r8, None),  # two resident slots: r4 is now only in the host tier
+        (r4, SwitchTier.HOST),
+    ]
+    for ref, tier in steps:
+        switch = engine.switch_to(ref)
+        if tier == "hub-or-disk":
+            assert switch.tier in (SwitchTier.HUB, SwitchTier.DISK)
+        elif tier is not None:
+            assert switch.tier == tier, ref
+        assert_matches(engine, references, ref.repo_id)
+    engine.switch_to(None)
+    engine.cache.drop(key)
+    assert (
+        engine.switch_to(AdapterRef(repo_id=LORA_R4, revision=key.commit)).tier == SwitchTier.DISK
+    )
+    assert_matches(engine, references, LORA_R4)
+    engine.switch_to(None)
+    assert_matches(engine, references, None)
+
+
+def test_slow_path_unloads_before_the_slot_is_used_again(engine: Engine, references: dict) -> None:
+    text_encoder = next(s for s in ADAPTERS if s.has_text_encoder)
+    engine.switch_to(AdapterRef(repo_id=text_encoder.repo_id))
+    assert engine.switch_to(AdapterRef(repo_id=LORA_R4)).tier != SwitchTier.SLOW
+    assert_matches(engine, references, LORA_R4)
+    assert engine.switch_to(AdapterRef(repo_id=text_encoder.repo_id)).tier == SwitchTier.SLOW
+    assert_matches(engine, references, text_encoder.repo_id)
+    engine.switch_to(None)
+    assert_matches(engine, references, None)
+
+
+BAD = [
+    ("unknown", "loraplex-test/no-such-adapter", None, NotFound, "not found"),
+    ("pickle", "pickle_only", None, NotServable, "pickle"),
+    ("corrupt", "corrupt", None, NotServable, "not a valid safetensors"),
+    ("wrong-arch", "wrong_arch", None, NotServable, "shape mismatch"),
+    ("multi-file", "multi_file", None, NotServable, "style_a.safetensors, style_b.safetensors"),
+    ("peft-native", "peft_native", None, NotServable, "save_lora_weights"),
+    ("gated-no-token", "gated", None, Unauthorized, "gated"),
+    ("gated-wrong-token", "gated", "hf_wrong", Forbidden, "refused"),
+]
+
+
+@pytest.mark.parametrize(("case", "repo", "token", "error", "text"), BAD, ids=[b[0] for b in BAD])
+def test_failed_loads_raise_domain_errors_and_leave_the_base_bit_exact(
+    engine: Engine, references: dict, demo_models, case, repo, token, error, text
+) -> None:
+    repo_id = getattr(demo_models.test_repos, repo, repo)
+    engine.switch_to(AdapterRef(repo_id=LORA_R4))  # something active before the failure
+    with pytest.raises(error) as caught:
+        engine.generate(REQUEST.model_copy(update={"adapter": AdapterRef(repo_id=repo_id)}), token)
+    assert text in caught.value.message
+    assert engine.active is None
+    assert_matches(engine, references, None)
+
+
+def test_gated_adapter_loads_with_the_right_token(engine, references, demo_models, hub_server):
+    ref = AdapterRef(repo_id=demo_models.test_repos.gated)
+    assert engine.switch_to(ref, hub_server.gated_token).tier in (SwitchTier.HUB, SwitchTier.DISK)
+    engine.switch_to(None)
+    assert_matches(engine, references, None)
+
+
+def test_adapter_over_the_size_limit_is_refused_before_download(engine, references) -> None:
+    engine.fetcher.max_adapter_bytes = 1000
+    try:
+        with pytest.raises(PayloadTooLarge, match="MAX_ADAPTER_BYTES"):
+            engine.switch_to(AdapterRef(repo_id="loraplex-demo/lora-list-base", revision="main"))
+    finally:
+        engine.fetcher.max_adapter_bytes = engine.settings.max_adapter_bytes
+    engine.switch_to(None)
+    assert_matches(engine, references, None)
+    assert isinstance(PayloadTooLarge("x"), LoraplexError)
