@@ -27,6 +27,10 @@ class ScalingSpec:
     idle_to_zero_s: float = 600.0
     scale_up_stabilization_s: float = 0.0  # 0: scale up at once (the issue's default policy)
 
+    def clamp(self, replicas: int) -> int:
+        """``replicas`` within [min_replicas, max_replicas]."""
+        return min(max(replicas, self.min_replicas), self.max_replicas)
+
     def validate(self) -> None:
         """Raise ValueError naming the field when the spec cannot be followed."""
         if self.min_replicas < 0 or self.max_replicas < 0:
@@ -149,7 +153,7 @@ class ScalingPolicy:
         return Decision(clamped, reason, recommended)
 
     def _clamp(self, replicas: int) -> int:
-        return min(max(replicas, self.spec.min_replicas), self.spec.max_replicas)
+        return self.spec.clamp(replicas)
 
     def _load(self, obs: Observation) -> str:
         return f"rate {obs.rate:.3g} req/s at {self.spec.target_requests_per_replica:g}/replica" + (

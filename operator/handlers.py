@@ -1,0 +1,233 @@
+"""kopf handlers for BaseModelPool: thin wiring of the pure builders and policy to the API.
+
+* create / update / resume → :func:`reconcile`: validate the spec, create-or-patch the worker
+  Deployment and Service (owned by the pool, so the garbage collector removes them with it),
+  write status. An invalid spec sets ``Degraded`` and raises ``kopf.PermanentError``; nothing
+  is created.
+* a timer every ``interval_s`` → :func:`tick`: repair drift, read rate and pending, ask the
+  policy, write replicas and status, export metrics.
+* delete (optional: no finalizer) → forget the pool's policy and metric series.
+
+Register them on an explicit registry with :func:`register` (no global registry).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+import aiohttp
+import httpx
+import kopf
+from kubernetes_asyncio import client
+from loraplex.operator import resources as res
+from loraplex.operator.kube import api_errors
+from loraplex.operator.runtime import Runtime
+from loraplex.operator.scaling import Decision, Observation
+from loraplex.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _conditions(status: Any, *updates: tuple[str, bool, str, str]) -> list[dict[str, Any]]:
+    conditions = list((status or {}).get("conditions") or [])
+    for type_, ok, reason, message in updates:
+        conditions = res.condition(conditions, type_, ok, reason, message, _now())
+    return conditions
+
+
+def _parse(body: kopf.Body, runtime: Runtime, patch: kopf.Patch) -> res.Pool:
+    try:
+        return res.parse_pool(body, runtime.settings.default_worker_image)
+    except res.InvalidPool as exc:
+        patch.status["conditions"] = _conditions(
+            body.get("status"),
+            ("Degraded", True, "InvalidSpec", str(exc)),
+            ("Ready", False, "InvalidSpec", "fix the spec; nothing was created"),
+        )
+        raise kopf.PermanentError(f"invalid BaseModelPool: {exc}") from None
+
+
+async def reconcile(body: kopf.Body, patch: kopf.Patch, operator: Runtime, **_: Any) -> None:
+    """Create or patch the pool's Deployment and Service (``operator``: kopf passes its own
+    ``runtime`` kwarg, hence the name)."""
+    runtime = operator
+    pool = _parse(body, runtime, patch)
+    try:
+        current = await runtime.kube.read_deployment(pool.namespace, pool.workload_name)
+        service = await runtime.kube.read_service(pool.namespace, pool.workload_name)
+    except (client.ApiException, aiohttp.ClientError) as exc:
+        raise api_errors("reading the pool's Deployment", exc) from exc
+    if pool.pinned_replicas is not None:
+        replicas = pool.pinned_replicas
+    elif current is not None:
+        replicas = pool.scaling.clamp(current["spec"].get("replicas") or 0)
+    else:
+        replicas = pool.scaling.min_replicas
+    did = await runtime.kube.ensure(res.build_deployment(pool, replicas), current)
+    await runtime.kube.ensure(res.build_service(pool), service)
+    runtime.memory(pool).last_written = replicas
+    log.info("pool %s/%s: Deployment %s (%d replicas)", pool.namespace, pool.name, did, replicas)
+    patch.status.update(
+        {
+            "deployment": pool.workload_name,
+            "service": pool.workload_name,
+            "selector": ",".join(f"{k}={v}" for k, v in res.selector_labels(pool).items()),
+            "desiredReplicas": replicas,
+            "observedGeneration": body.get("metadata", {}).get("generation"),
+            "conditions": _conditions(
+                body.get("status"), ("Degraded", False, "Reconciled", f"Deployment {did}")
+            ),
+        }
+    )
+
+
+async def tick(
+    body: kopf.Body, patch: kopf.Patch, operator: Runtime, logger: kopf.Logger, **_: Any
+) -> None:
+    runtime = operator
+    try:
+        pool = res.parse_pool(body, runtime.settings.default_worker_image)
+    except res.InvalidPool:
+        return  # reconcile() reported it; a spec change re-runs reconcile
+    try:
+        deployment = await runtime.kube.read_deployment(pool.namespace, pool.workload_name)
+        snapshot = await runtime.rates.read()
+    except (client.ApiException, aiohttp.ClientError, httpx.HTTPError) as exc:
+        raise api_errors("reading the pool's Deployment and the routers' rates", exc) from exc
+    if deployment is None or res.drifted(_without_replicas(pool), deployment):
+        logger.warning("Deployment %s missing or changed by hand: repairing", pool.workload_name)
+        await reconcile(body=body, patch=patch, operator=runtime)
+        return
+    memory = runtime.memory(pool)
+    current = deployment["spec"].get("replicas") or 0
+    ready = (deployment.get("status") or {}).get("readyReplicas") or 0
+    obs = Observation(
+        now=runtime.clock(),
+        rate=snapshot.rate(pool.base_model),
+        pending=snapshot.pending_for(pool.base_model),
+        ready_replicas=ready,
+        current_replicas=current,
+    )
+    decision = memory.policy.decide(obs)
+    if pool.pinned_replicas is not None:
+        decision = Decision(pool.pinned_replicas, "pinned by spec.replicas (kubectl scale bmp)")
+    if decision.replicas != current:
+        if memory.last_written is not None and current != memory.last_written:
+            logger.warning(
+                "Deployment %s was scaled to %d outside the operator; setting %d (%s). To pin a "
+                "size, `kubectl scale bmp %s --replicas=N` instead.",
+                pool.workload_name,
+                current,
+                decision.replicas,
+                decision.reason,
+                pool.name,
+            )
+        await runtime.kube.scale_deployment(pool.namespace, pool.workload_name, decision.replicas)
+        logger.info("scaled %d → %d: %s", current, decision.replicas, decision.reason)
+        patch.status["lastScaleTime"] = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        patch.status["lastScaleReason"] = decision.reason
+    memory.last_written = decision.replicas
+    runtime.metrics.record(
+        pool.namespace, pool.name, pool.base_model, decision.replicas, obs.rate, obs.pending
+    )
+    _write_status(body, patch, pool, decision, obs, deployment)
+
+
+def _without_replicas(pool: res.Pool) -> dict[str, Any]:
+    desired = res.build_deployment(pool, 0)
+    del desired["spec"]["replicas"]
+    return desired
+
+
+def _write_status(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    pool: res.Pool,
+    decision: Decision,
+    obs: Observation,
+    deployment: dict[str, Any],
+) -> None:
+    replicas = (deployment.get("status") or {}).get("replicas") or 0
+    ready = obs.ready_replicas
+    serving = ready > 0 or decision.replicas == 0
+    patch.status.update(
+        {
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "desiredReplicas": decision.replicas,
+            "observedRate": round(obs.rate, 4),
+            "pending": obs.pending,
+            "conditions": _conditions(
+                body.get("status"),
+                (
+                    "Ready",
+                    serving,
+                    "ReplicasReady"
+                    if ready
+                    else "ScaledToZero"
+                    if decision.replicas == 0
+                    else "WarmingUp",
+                    f"{ready}/{decision.replicas} ready",
+                ),
+                (
+                    "Scaling",
+                    ready != decision.replicas,
+                    "Scaling" if ready != decision.replicas else "Stable",
+                    decision.reason,
+                ),
+                ("Degraded", False, "Reconciled", "spec is valid; owned objects in place"),
+            ),
+        }
+    )
+
+
+def configure_kopf(settings: kopf.OperatorSettings, config: OperatorSettings) -> None:
+    """kopf's own settings: progress and diff-base in annotations (not in status, which the
+    CRD's structural schema would prune), peering, and no cluster scanning by default."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="loraplex.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="loraplex.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # k8s Events for warnings/errors only
+    settings.scanning.disabled = not config.cluster_scanning
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+    """Register every BaseModelPool handler on ``registry``."""
+    resource = (res.GROUP, res.VERSION, res.PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure_kopf(settings, config)
+        memo["runtime"] = await Runtime.start(config)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        if "runtime" in memo:
+            await memo["runtime"].close()
+
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, registry=registry)
+    async def reconcile_pool(memo: kopf.Memo, **kwargs: Any) -> None:
+        await reconcile(operator=memo["runtime"], **kwargs)
+
+    @kopf.timer(*resource, interval=config.interval_s, registry=registry)
+    async def scale_pool(memo: kopf.Memo, **kwargs: Any) -> None:
+        await tick(operator=memo["runtime"], **kwargs)
+
+    @kopf.on.delete(*resource, optional=True, registry=registry)
+    async def forget_pool(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
+        runtime: Runtime = memo["runtime"]
+        uid = body.get("metadata", {}).get("uid", "")
+        runtime.pools.pop(uid, None)
+        meta, spec = body.get("metadata", {}), body.get("spec") or {}
+        runtime.metrics.forget(
+            meta.get("namespace", ""), meta.get("name", ""), spec.get("baseModel", "")
+        )

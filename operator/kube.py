@@ -1,0 +1,118 @@
+"""Kubernetes I/O for the operator (kubernetes_asyncio), kept out of the kopf handlers.
+
+Objects go in and out as plain dicts (the builders in :mod:`loraplex.operator.resources` make
+them). Writes are create-if-absent, then JSON merge patches of only what drifted, so a pool
+that is already right costs one GET per object and no write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+from kubernetes_asyncio import client, config
+from loraplex.operator.resources import drifted
+
+log = logging.getLogger(__name__)
+MERGE_PATCH = "application/merge-patch+json"
+
+
+async def load_client_config() -> client.Configuration:
+    """In-cluster service account first, then the standard kubeconfig ($KUBECONFIG, ~/.kube)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        await config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+def api_errors(what: str, exc: Exception) -> Exception:
+    """Map an API failure to kopf: bad requests are permanent, the rest retried with a delay."""
+    if isinstance(exc, client.ApiException):
+        if exc.status in (400, 422):
+            return kopf.PermanentError(
+                f"{what}: the API server refused it ({exc.status}): {exc.body}"
+            )
+        delay = 10.0 if exc.status in (401, 403) else 3.0
+        return kopf.TemporaryError(f"{what}: API error {exc.status} {exc.reason}", delay=delay)
+    return kopf.TemporaryError(f"{what}: {exc}", delay=3.0)
+
+
+class Kube:
+    """The few calls the operator makes, on one shared ApiClient."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.discovery = client.DiscoveryV1Api(api)
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        return cls(client.ApiClient(await load_client_config()))
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    def _dict(self, model: Any) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(model)
+
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._dict(await self.apps.read_namespaced_deployment(name, namespace))
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._dict(await self.core.read_namespaced_service(name, namespace))
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def ensure(self, desired: Mapping[str, Any], actual: Mapping[str, Any] | None) -> str:
+        """Create ``desired`` if absent, patch it if drifted; returns what was done."""
+        meta = desired["metadata"]
+        ns, name, kind = meta["namespace"], meta["name"], desired["kind"]
+        try:
+            if actual is None:
+                if kind == "Deployment":
+                    await self.apps.create_namespaced_deployment(ns, desired)
+                else:
+                    await self.core.create_namespaced_service(ns, desired)
+                return "created"
+            if not drifted(desired, actual):
+                return "unchanged"
+            if kind == "Deployment":
+                await self.apps.patch_namespaced_deployment(
+                    name, ns, desired, _content_type=MERGE_PATCH
+                )
+            else:
+                await self.core.patch_namespaced_service(
+                    name, ns, desired, _content_type=MERGE_PATCH
+                )
+            return "patched"
+        except (client.ApiException, aiohttp.ClientError) as exc:
+            raise api_errors(f"{kind} {ns}/{name}", exc) from exc
+
+    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        patch = {"spec": {"replicas": replicas}}
+        try:
+            await self.apps.patch_namespaced_deployment(
+                name, namespace, patch, _content_type=MERGE_PATCH
+            )
+        except (client.ApiException, aiohttp.ClientError) as exc:
+            raise api_errors(f"scaling Deployment {namespace}/{name}", exc) from exc
+
+    async def endpoint_slices(self, namespace: str, service: str) -> list[dict[str, Any]]:
+        result = await self.discovery.list_namespaced_endpoint_slice(
+            namespace, label_selector=f"kubernetes.io/service-name={service}"
+        )
+        return [self._dict(item) for item in result.items]

@@ -1,0 +1,329 @@
+"""Pure builders for what the operator owns: BaseModelPool spec → worker Deployment and Service.
+
+No I/O and no kopf: :func:`parse_pool` validates a pool body into a :class:`Pool` (or raises
+:class:`InvalidPool` saying what to fix), ``build_*`` return plain dicts ready for the API, and
+:func:`drifted` tells whether a live object lost fields the operator set.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from loraplex.operator.scaling import ScalingSpec
+
+from loraplex.errors import BadRequest
+from loraplex.ids import validate_model_id, validate_revision
+
+GROUP = "loraplex.dev"
+VERSION = "v1alpha1"
+PLURAL = "basemodelpools"
+KIND = "BaseModelPool"
+WORKER_PORT = 8000  # the worker's HTTP contract (loraplex.contract): /v1/generate, /readyz, ...
+CACHE_MOUNT = "/models"  # HF_HOME lives here, on the pool's model-cache volume
+MANAGED_BY = "loraplex-operator"
+POOL_LABEL = "loraplex.dev/pool"
+BASE_MODEL_ANNOTATION = "loraplex.dev/base-model"
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+class InvalidPool(ValueError):
+    """The pool's spec cannot be served; the message says which field and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    namespace: str
+    uid: str
+    base_model: str
+    revision: str
+    image: str
+    scaling: ScalingSpec
+    pinned_replicas: int | None = None  # spec.replicas, set by `kubectl scale bmp`
+    worker: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def workload_name(self) -> str:
+        return f"{self.name}-worker"
+
+
+def parse_quantity(value: int | str, what: str) -> int:
+    """Bytes from a Kubernetes quantity ("16Gi", "1.5G", 1024). Hand-written: neither kopf nor
+    kubernetes_asyncio ships a parser, and this is the small subset the CRD pattern allows."""
+    suffixes = {
+        "": 1,
+        "K": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+        "T": 10**12,
+        "P": 10**15,
+        "E": 10**18,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "Pi": 2**50,
+        "Ei": 2**60,
+    }
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([KMGTPE]i?)?", str(value).strip())
+    try:
+        if match is None:
+            raise InvalidOperation
+        return int(Decimal(match.group(1)) * suffixes[match.group(2) or ""])
+    except InvalidOperation:
+        raise InvalidPool(f"{what}: {value!r} is not a size such as 16Gi or 1073741824") from None
+
+
+def parse_scaling(scaling: Mapping[str, Any]) -> ScalingSpec:
+    spec = ScalingSpec(
+        min_replicas=int(scaling.get("minReplicas", 0)),
+        max_replicas=int(scaling.get("maxReplicas", 1)),
+        target_requests_per_replica=float(scaling.get("targetRequestsPerReplica", 1.0)),
+        scale_down_stabilization_s=float(scaling.get("scaleDownStabilizationSeconds", 300)),
+        idle_to_zero_s=float(scaling.get("idleToZeroSeconds", 600)),
+        scale_up_stabilization_s=float(scaling.get("scaleUpStabilizationSeconds", 0)),
+    )
+    try:
+        spec.validate()
+    except ValueError as exc:
+        raise InvalidPool(str(exc)) from None
+    return spec
+
+
+def parse_pool(body: Mapping[str, Any], default_image: str) -> Pool:
+    """Validate a BaseModelPool body (what the CRD schema cannot check, and what it can, since
+    a cluster without the schema, or an older CRD, may let it through)."""
+    meta, spec = body.get("metadata", {}), body.get("spec") or {}
+    try:
+        base_model = validate_model_id(spec.get("baseModel", ""))
+        revision = validate_revision(spec.get("revision") or "main")
+    except BadRequest as exc:
+        raise InvalidPool(f"spec.baseModel/revision: {exc.message}") from None
+    worker = dict(spec.get("worker") or {})
+    dtype = worker.get("dtype", "auto")
+    if dtype not in DTYPES:
+        raise InvalidPool(f"spec.worker.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    for key in ("residentCacheSize", "hostCacheSize"):
+        if worker.get(key) is not None:
+            parse_quantity(worker[key], f"spec.worker.{key}")
+    pinned = spec.get("replicas")
+    if pinned is not None and (not isinstance(pinned, int) or pinned < 0):
+        raise InvalidPool(f"spec.replicas: {pinned!r} must be an integer >= 0 (or unset)")
+    return Pool(
+        name=meta["name"],
+        namespace=meta.get("namespace", "default"),
+        uid=meta.get("uid", ""),
+        base_model=base_model,
+        revision=revision,
+        image=worker.get("image") or default_image,
+        scaling=parse_scaling(spec.get("scaling") or {}),
+        pinned_replicas=pinned,
+        worker=worker,
+    )
+
+
+def selector_labels(pool: Pool) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "loraplex-worker", POOL_LABEL: pool.name}
+
+
+def labels(pool: Pool) -> dict[str, str]:
+    return {
+        **selector_labels(pool),
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/instance": pool.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def owner_reference(pool: Pool) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": pool.name,
+        "uid": pool.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(pool: Pool) -> dict[str, Any]:
+    return {
+        "name": pool.workload_name,
+        "namespace": pool.namespace,
+        "labels": labels(pool),
+        "annotations": {BASE_MODEL_ANNOTATION: pool.base_model},
+        "ownerReferences": [owner_reference(pool)],
+    }
+
+
+def worker_env(pool: Pool) -> list[dict[str, Any]]:
+    """The worker's settings (``LORAPLEX_WORKER_*``), the Hub token, then the user's env (last,
+    so a user's entry with the same name wins)."""
+    worker = pool.worker
+    env = [
+        {"name": "LORAPLEX_WORKER_BASE_MODEL", "value": pool.base_model},
+        {"name": "LORAPLEX_WORKER_BASE_REVISION", "value": pool.revision},
+        {"name": "LORAPLEX_WORKER_PORT", "value": str(WORKER_PORT)},
+        {"name": "LORAPLEX_WORKER_DTYPE", "value": worker.get("dtype", "auto")},
+        {"name": "LORAPLEX_WORKER_MAX_ADAPTER_SLOTS", "value": str(worker.get("adapterSlots", 4))},
+        {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/hf"},
+    ]
+    for key, var in (
+        ("residentCacheSize", "LORAPLEX_WORKER_RESIDENT_CACHE_BYTES"),
+        ("hostCacheSize", "LORAPLEX_WORKER_HOST_CACHE_BYTES"),
+    ):
+        if worker.get(key) is not None:
+            env.append({"name": var, "value": str(parse_quantity(worker[key], key))})
+    secret = worker.get("hfTokenSecret")
+    if secret:
+        ref = {"name": secret["name"], "key": secret.get("key", "token"), "optional": True}
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    return env + [dict(item) for item in worker.get("env") or []]
+
+
+def _container(pool: Pool) -> dict[str, Any]:
+    worker = pool.worker
+    probe = {
+        "httpGet": {"path": "/readyz", "port": "http"},
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": pool.image,
+        "command": ["loraplex", "worker"],
+        "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        "env": worker_env(pool),
+        # Ready only once the base pipeline is warm: the router sends nothing before.
+        "readinessProbe": probe,
+        # /healthz answers while the process serves HTTP, even while the base loads.
+        "livenessProbe": {
+            **probe,
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 20,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": [{"name": "model-cache", "mountPath": CACHE_MOUNT}],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "resources": dict(worker.get("resources") or {}),
+    }
+    if worker.get("imagePullPolicy"):
+        container["imagePullPolicy"] = worker["imagePullPolicy"]
+    return container
+
+
+def _pod_spec(pool: Pool) -> dict[str, Any]:
+    worker = pool.worker
+    cache = dict(worker.get("cacheVolume") or {})
+    if not cache:
+        cache = (
+            {"emptyDir": {"sizeLimit": worker["cacheSizeLimit"]}}
+            if worker.get("cacheSizeLimit")
+            else {"emptyDir": {}}
+        )
+    spec: dict[str, Any] = {
+        "containers": [_container(pool)],
+        # Long enough to finish an in-flight generation after SIGTERM.
+        "terminationGracePeriodSeconds": int(worker.get("terminationGracePeriodSeconds", 120)),
+        "automountServiceAccountToken": False,  # workers never call the Kubernetes API
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+        "volumes": [{"name": "model-cache", **cache}],
+    }
+    for key in ("nodeSelector", "tolerations", "affinity", "serviceAccountName"):
+        if worker.get(key):
+            spec[key] = worker[key]
+    return spec
+
+
+def build_deployment(pool: Pool, replicas: int) -> dict[str, Any]:
+    """The worker Deployment of ``pool`` with ``replicas`` (the scaling decision)."""
+    template_meta: dict[str, Any] = {"labels": labels(pool)}
+    if pool.worker.get("podAnnotations"):
+        template_meta["annotations"] = dict(pool.worker["podAnnotations"])
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(pool),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(pool)},
+            # Never below the current capacity during a rollout: one new GPU pod at a time.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {"metadata": template_meta, "spec": _pod_spec(pool)},
+        },
+    }
+
+
+def build_service(pool: Pool) -> dict[str, Any]:
+    """A headless Service: its EndpointSlices list each worker pod, which the router picks
+    itself (adapter affinity), so no virtual IP is wanted."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(pool),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(pool),
+            "ports": [
+                {"name": "http", "port": WORKER_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def drifted(desired: Any, actual: Any) -> bool:
+    """True when ``actual`` lacks or changed something in ``desired`` (extra fields, e.g.
+    server defaults, are fine). Lists must match element by element."""
+    if isinstance(desired, Mapping):
+        if not isinstance(actual, Mapping):
+            return True
+        return any(drifted(value, actual.get(key)) for key, value in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(actual) != len(desired):
+            return True
+        return any(drifted(d, a) for d, a in zip(desired, actual, strict=True))
+    # The API server may hand back 1 as "1" (e.g. resource quantities read as strings).
+    return bool(desired != actual and str(desired) != str(actual))
+
+
+def condition(
+    conditions: list[Mapping[str, Any]] | None,
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+) -> list[dict[str, Any]]:
+    """``conditions`` with ``type_`` set; lastTransitionTime moves only when status changes."""
+    value = "True" if status else "False"
+    result, previous = [], None
+    for item in conditions or []:
+        if item.get("type") == type_:
+            previous = item
+        else:
+            result.append(dict(item))
+    changed = previous is None or previous.get("status") != value
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    result.append(
+        {
+            "type": type_,
+            "status": value,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": stamp if changed else previous.get("lastTransitionTime", stamp),
+        }
+    )
+    return sorted(result, key=lambda c: c["type"])

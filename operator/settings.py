@@ -1,0 +1,101 @@
+"""Operator settings: environment variables ``LORAPLEX_OPERATOR_<FIELD>`` (one object, passed in).
+
+Every field says its unit, default and why. Lists come as JSON, e.g.
+``LORAPLEX_OPERATOR_ROUTER_URLS='["http://10.0.0.5:8080/metrics"]'``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from loraplex import __version__
+from loraplex.settings import ComponentSettings
+
+
+class OperatorSettings(ComponentSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LORAPLEX_OPERATOR_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    log_level: str = Field("INFO", description="Python log level name. Default INFO.")
+    metrics_port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="Port (TCP) of the operator's /metrics and /healthz; 0 disables the server. "
+        "Default 8080, the chart's liveness probe and ServiceMonitor target.",
+    )
+    interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between scaling ticks per pool (kopf timer). Default 5 s: a "
+        "request waiting for a scale-from-zero sees the pool asked for within ~5 s, and the API "
+        "server sees one read per pool per tick.",
+    )
+    rate_source: Literal["scrape", "prometheus"] = Field(
+        "scrape",
+        description="Where request rates come from: 'scrape' reads every router's /metrics "
+        "(no Prometheus needed); 'prometheus' queries prometheus_url. Default scrape.",
+    )
+    router_urls: list[str] = Field(
+        default_factory=list,
+        description="Fixed router metrics URLs (JSON list). Empty (default): find router pods "
+        "through the router Service's EndpointSlices.",
+    )
+    router_service: str = Field(
+        "loraplex-router",
+        description="Name of the router Service whose EndpointSlices list the routers to "
+        "scrape. Default loraplex-router (the chart's name).",
+    )
+    router_namespace: str = Field(
+        "",
+        description="Namespace of the router Service. Empty (default): the namespace the "
+        "operator watches (--namespace), else 'default'.",
+    )
+    router_port_name: str = Field(
+        "http",
+        description="EndpointSlice port name of the router's HTTP port (the first port when "
+        "none has this name). Default http.",
+    )
+    router_metrics_path: str = Field("/metrics", description="Path of the router metrics.")
+    prometheus_url: str = Field(
+        "",
+        description="Prometheus base URL for rate_source=prometheus, e.g. "
+        "http://prometheus-operated.monitoring:9090. Default empty.",
+    )
+    rate_window_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds of counter history a scraped rate averages over. Default 10 s "
+        "(two default ticks): smooths per-tick noise, yet a step in traffic shows in full "
+        "within two ticks. Scale-down is smoothed further by the pool's stabilization window.",
+    )
+    scrape_timeout_s: float = Field(
+        2.0, gt=0, description="Timeout (s) of one router or Prometheus request. Default 2 s."
+    )
+    default_worker_image: str = Field(
+        f"ghcr.io/loraplex/loraplex-worker:{__version__}",
+        description="Worker image for pools whose spec.worker.image is empty.",
+    )
+    peering: str = Field(
+        "loraplex",
+        description="kopf peering name, so that only one of several operator replicas handles "
+        "the pools; empty: standalone (no peering objects needed). Default loraplex.",
+    )
+    cluster_scanning: bool = Field(
+        False,
+        description="Let kopf list CRDs and namespaces. Default off: the operator serves one "
+        "known resource, and least-privilege RBAC grants no CRD/namespace listing.",
+    )
+
+    @model_validator(mode="after")
+    def _prometheus_needs_url(self) -> OperatorSettings:
+        if self.rate_source == "prometheus" and not self.prometheus_url:
+            raise ValueError(
+                "rate_source=prometheus needs LORAPLEX_OPERATOR_PROMETHEUS_URL "
+                "(e.g. http://prometheus-operated.monitoring:9090)"
+            )
+        return self
