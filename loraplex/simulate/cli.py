@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--base-share", type=_shares, help="e.g. sdxl=0.92,sd15=0.08")
     traffic.add_argument("--diurnal-amplitude", type=float, help="0 (flat) … <1")
     traffic.add_argument("--burst", type=_burst, action="append", help="START:DURATION:MULT")
-    traffic.add_argument("--horizon", type=float, help="simulated seconds")
+    traffic.add_argument("--horizon", type=float, help="measured simulated seconds")
+    traffic.add_argument("--warmup", type=float, help="seconds simulated before measuring")
     traffic.add_argument("--seed", type=int, help="random seed (same seed → same figures)")
     fleet = p.add_argument_group("fleet")
     fleet.add_argument(
@@ -107,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         "trace": args.trace,
         "default_base": args.default_base,
         "horizon_s": args.horizon,
+        "warmup_s": args.warmup,
         "seed": args.seed,
     }
     data = cfg.model_dump()

@@ -14,6 +14,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from loraplex.operator.settings import OperatorSettings
+
+_OPERATOR = OperatorSettings.model_fields
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,7 +63,10 @@ class TrafficConfig(_Model):
     trace: Path | None = None
     default_base: str | None = None  # base for trace rows without ``base_model``
     synthetic: SyntheticTraffic = SyntheticTraffic()
-    horizon_s: float = Field(default=7200.0, gt=0)
+    horizon_s: float = Field(default=7200.0, gt=0)  # measured seconds
+    # Simulated before measuring, so deployments, pools and caches are past their start-up
+    # (a fleet that has been running); a trace's first warmup_s seconds are replayed unmeasured.
+    warmup_s: float = Field(default=600.0, ge=0)
     seed: int = 0
 
 
@@ -114,9 +121,10 @@ class PoolSettings(_Model):
 class ScenarioSettings(_Model):
     """Knobs of the three scenarios and of the measurement."""
 
-    operator_interval_s: float = Field(default=5.0, gt=0)  # loraplex operator timer
-    # Seconds of counter history the operator's rate averages over: its rate_window_s default.
-    rate_window_s: float = Field(default=30.0, gt=0)
+    # The operator's own defaults (its settings object), so the plan follows the operator:
+    # seconds between scaling ticks, and seconds of counter history its rate averages over.
+    operator_interval_s: float = Field(default=_OPERATOR["interval_s"].default, gt=0)
+    rate_window_s: float = Field(default=_OPERATOR["rate_window_s"].default, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)  # held longer → rejected (504)
     max_queue_depth: int = Field(default=64, ge=1)  # every replica this deep → rejected (429)
     before_idle_stop_s: float = Field(default=300.0, ge=0)  # dedicated deployment scale-down

@@ -143,7 +143,7 @@ class Recorder:
     latencies: dict[int, float] = field(default_factory=dict)
     tiers: dict[int, str] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)  # request index → reason
-    loads: int = 0
+    loaded: set[int] = field(default_factory=set)  # requests that caused an adapter load
     gpu_spans: list[list[float]] = field(default_factory=list)  # [start, stop or inf]
     # (t, replicas alive, replicas ready, requests in system)
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)
@@ -240,7 +240,7 @@ class Replica:
             switch = self.adapters.switch(request.adapter)
             self._view = None
             if switch.loaded:
-                self.recorder.loads += 1
+                self.recorder.loaded.add(request.index)
             yield self.env.timeout(switch.seconds + self.inference_s)
         self.depth -= 1
         self.served += 1

@@ -18,8 +18,10 @@ LOAD_BIN_S = 60.0
 
 def latency_cdf(run: Run, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    measured = [r.index for r in run.traffic.measured]
     for name, recorder in run.recorders.items():
-        values = np.sort(np.fromiter(recorder.latencies.values(), dtype=float))
+        latencies = [recorder.latencies[i] for i in measured if i in recorder.latencies]
+        values = np.sort(np.array(latencies, dtype=float))
         if values.size:
             ax.plot(values, np.arange(1, values.size + 1) / values.size, label=name)
     ax.set_xscale("log")
@@ -39,8 +41,10 @@ def replicas_and_load(run: Run, path: Path) -> None:
     for name, recorder in run.recorders.items():
         samples = [s for s in recorder.samples if s[0] <= horizon]
         top.step([s[0] / 60 for s in samples], [s[1] for s in samples], where="post", label=name)
+    for axis in (top, bottom):
+        axis.axvline(run.traffic.measure_from_s / 60, color="grey", linestyle=":", linewidth=1)
     top.set_ylabel("replicas (GPUs)")
-    top.set_title("Replicas over time")
+    top.set_title("Replicas over time (dotted: end of warm-up)")
     top.grid(True, alpha=0.3)
     top.legend()
     times = np.array([r.time for r in run.traffic.requests])

@@ -6,8 +6,10 @@ Definitions (also in the README):
   switch and inference), completed requests only; rejected requests are counted apart.
 * cold adapter — an adapter requested at most ``cold_requests_per_hour`` on average over the
   run, or only once: the long tail, whose requests meet a cold start or an adapter load.
+* measured window — after ``warmup_s`` (simulated, not measured, so the fleet is past its
+  start-up), for ``horizon_s``; every figure below covers requests arriving in it.
 * GPU-hours — every replica from the moment it is asked for (pod start) until it stops,
-  clipped to the simulated horizon; cost = GPU-hours × ``gpu_cost_per_hour``.
+  clipped to the measured window; cost = GPU-hours × ``gpu_cost_per_hour``.
 * loads per request — adapter weight copies onto a GPU (host, disk or Hub tier; a dedicated
   deployment's spawn) divided by requests.
 """
@@ -40,37 +42,39 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values else None
 
 
-def _gpu_seconds(recorder: Recorder, horizon_s: float) -> float:
-    return sum(
-        max(0.0, min(stop, horizon_s) - max(start, 0.0)) for start, stop in recorder.gpu_spans
-    )
+def _gpu_seconds(recorder: Recorder, start_s: float, end_s: float) -> float:
+    spans = recorder.gpu_spans
+    return sum(max(0.0, min(stop, end_s) - max(start, start_s)) for start, stop in spans)
 
 
-def _timeline(recorder: Recorder, horizon_s: float) -> list[list[float]]:
+def _timeline(samples: list[tuple[float, int, int, int]]) -> list[list[float]]:
     out: list[list[float]] = []
-    for t, alive, _ready, _in_system in recorder.samples:
-        if t <= horizon_s and (not out or t - out[-1][0] >= TIMELINE_STEP_S):
+    for t, alive, _ready, _in_system in samples:
+        if not out or t - out[-1][0] >= TIMELINE_STEP_S:
             out.append([round(t, 3), alive])
     return out
 
 
 def summarize(recorder: Recorder, traffic: Traffic, cold: frozenset[str], cfg: SimConfig) -> dict:
     """One scenario's figures."""
-    requests = traffic.requests
+    requests = traffic.measured
     completed = [recorder.latencies[r.index] for r in requests if r.index in recorder.latencies]
     cold_latencies = [
         recorder.latencies[r.index]
         for r in requests
         if r.adapter in cold and r.index in recorder.latencies
     ]
-    in_horizon = [s for s in recorder.samples if s[0] <= traffic.horizon_s]
-    alive = [s[1] for s in in_horizon] or [0]
-    gpu_hours = _gpu_seconds(recorder, traffic.horizon_s) / 3600.0
+    start, end = traffic.measure_from_s, traffic.horizon_s
+    samples = [s for s in recorder.samples if start <= s[0] <= end]
+    alive = [s[1] for s in samples] or [0]
+    gpu_hours = _gpu_seconds(recorder, start, end) / 3600.0
+    measured = {r.index for r in requests}
+    rejected = [reason for index, reason in recorder.rejected.items() if index in measured]
     return {
         "requests": len(requests),
         "completed": len(completed),
-        "rejected": len(recorder.rejected),
-        "rejected_by_reason": dict(sorted(Counter(recorder.rejected.values()).items())),
+        "rejected": len(rejected),
+        "rejected_by_reason": dict(sorted(Counter(rejected).items())),
         "p50_s": _pct(completed, 50),
         "p95_s": _pct(completed, 95),
         "p99_s": _pct(completed, 99),
@@ -81,11 +85,15 @@ def summarize(recorder: Recorder, traffic: Traffic, cold: frozenset[str], cfg: S
         "cold_p99_s": _pct(cold_latencies, 99),
         "gpu_hours": round(gpu_hours, 3),
         "cost_usd": round(gpu_hours * cfg.hardware.gpu_cost_per_hour, 2),
-        "loads_per_request": round(recorder.loads / len(requests), 4) if requests else 0.0,
-        "switch_tiers": dict(sorted(Counter(recorder.tiers.values()).items())),
+        "loads_per_request": round(len(measured & recorder.loaded) / len(requests), 4)
+        if requests
+        else 0.0,
+        "switch_tiers": dict(
+            sorted(Counter(recorder.tiers[i] for i in measured if i in recorder.tiers).items())
+        ),
         "peak_replicas": max(alive),
         "mean_replicas": round(float(np.mean(alive)), 2),
-        "replicas_over_time": _timeline(recorder, traffic.horizon_s),
+        "replicas_over_time": _timeline(samples),
     }
 
 
@@ -96,13 +104,15 @@ def simulate(
     traffic = load_traffic(cfg.traffic, rate_multiplier)
     cold = cold_adapters(traffic, cfg.scenarios.cold_requests_per_hour)
     recorders = {name: RUNNERS[name](traffic, cfg) for name in scenarios}
+    measured = traffic.measured
     figures: dict = {
         "traffic": {
-            "requests": len(traffic.requests),
-            "horizon_s": traffic.horizon_s,
-            "rate_per_s": round(len(traffic.requests) / traffic.horizon_s, 4),
-            "bases": {b: sum(r.base == b for r in traffic.requests) for b in traffic.bases},
-            "adapters_requested": len({r.adapter for r in traffic.requests if r.adapter}),
+            "requests": len(measured),
+            "horizon_s": traffic.measured_s,
+            "warmup_s": traffic.measure_from_s,
+            "rate_per_s": round(len(measured) / traffic.measured_s, 4),
+            "bases": {b: sum(r.base == b for r in measured) for b in traffic.bases},
+            "adapters_requested": len({r.adapter for r in measured if r.adapter}),
             "distinct_models_per_2min": round(distinct_per_window(traffic, 120.0), 2),
             "cold_adapters": len(cold),
         },
@@ -132,7 +142,7 @@ def sizing(cfg: SimConfig, multipliers: tuple[float, ...]) -> list[dict]:
     rows = []
     for multiplier in multipliers:
         run = simulate(scaled_limits(cfg, multiplier), multiplier)
-        hours = run.traffic.horizon_s / 3600.0
+        hours = run.traffic.measured_s / 3600.0
         row: dict = {
             "traffic_multiplier": multiplier,
             "rate_per_s": run.figures["traffic"]["rate_per_s"],

@@ -65,10 +65,8 @@ class Pool:
         self._make_adapters = make_adapters
         self._inference_s = inference_s
         self._started = 0
-
-    @property
-    def ever_started(self) -> bool:
-        return self._started > 0
+        self.weights_cached = False  # a replica has loaded the base: it is on the cache volume
+        self._flush_scheduled = False
 
     def add_replica(self, warmup_s: float) -> Replica:
         self._started += 1
@@ -107,7 +105,17 @@ class Pool:
         self._by_name[view.endpoint].enqueue(request)
 
     def _on_ready(self, replica: Replica) -> None:
-        while self.pending:
+        self.weights_cached = True
+        if self.pending and not self._flush_scheduled:
+            # Flush after every replica that becomes ready at this same instant has done so,
+            # so held requests spread over all of them instead of piling onto the first.
+            self._flush_scheduled = True
+            self.env.process(self._flush_pending())
+
+    def _flush_pending(self) -> Iterator[simpy.Event]:
+        yield self.env.timeout(0)
+        self._flush_scheduled = False
+        while self.pending and self.ready():
             self._dispatch(self.pending.popleft(), self.ready())
 
     def expire_pending(self) -> None:
@@ -188,7 +196,7 @@ def run_before(traffic: Traffic, cfg: SimConfig) -> Recorder:
             warmup = hw.pod_start_s + hw.base_load_cold_s
             if request.adapter is not None:
                 warmup += hw.switch_s.hub
-                recorder.loads += 1
+                recorder.loaded.add(request.index)
             deployment = Replica(
                 env,
                 f"before/{request.model_id}",
@@ -325,7 +333,7 @@ def run_loraplex(traffic: Traffic, cfg: SimConfig) -> Recorder:
                 current_replicas=len(pool.live()),
             )
             decision = policy.decide(observation)
-            base_load = hw.base_load_cached_s if pool.ever_started else hw.base_load_cold_s
+            base_load = hw.base_load_cached_s if pool.weights_cached else hw.base_load_cold_s
             pool.scale_to(decision.replicas, hw.pod_start_s + base_load)
 
     return _pools_run(traffic, cfg, build, operate)

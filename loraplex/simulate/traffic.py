@@ -30,12 +30,32 @@ class Request:
 
 @dataclass(frozen=True)
 class Traffic:
+    """Requests over ``[0, horizon_s)``; figures count only those from ``measure_from_s`` on
+    (the warm-up before it fills caches, deployments and pools, as a running fleet has them)."""
+
     requests: tuple[Request, ...]
     horizon_s: float
+    measure_from_s: float = 0.0
 
     @property
     def bases(self) -> list[str]:
         return sorted({r.base for r in self.requests})
+
+    @property
+    def measured(self) -> tuple[Request, ...]:
+        return tuple(r for r in self.requests if r.time >= self.measure_from_s)
+
+    @property
+    def measured_s(self) -> float:
+        return self.horizon_s - self.measure_from_s
+
+    def with_warmup(self, warmup_s: float) -> Traffic:
+        if warmup_s >= self.horizon_s:
+            raise TraceError(
+                f"the trace lasts {self.horizon_s:g} s, not longer than the warm-up of "
+                f"{warmup_s:g} s; pass a shorter --warmup (0 measures from the first request)"
+            )
+        return Traffic(self.requests, self.horizon_s, warmup_s)
 
     def scaled(self, multiplier: float, horizon_s: float) -> Traffic:
         """Replay ``multiplier``× faster (a trace's sizing): same order, time divided."""
@@ -52,13 +72,17 @@ class TraceError(ValueError):
 
 
 def load_traffic(cfg: TrafficConfig, rate_multiplier: float = 1.0) -> Traffic:
+    """The run's requests: ``warmup_s`` unmeasured, then ``horizon_s`` measured (synthetic);
+    a trace is replayed whole and measured after its first ``warmup_s``."""
     if cfg.trace is not None:
         traffic = load_trace(cfg.trace, cfg.default_base)
-        return traffic if rate_multiplier == 1.0 else traffic.scaled(rate_multiplier, cfg.horizon_s)
-    spec = cfg.synthetic.model_copy(
-        update={"rate_per_s": cfg.synthetic.rate_per_s * rate_multiplier}
-    )
-    return synthesize(spec, cfg.horizon_s, cfg.seed)
+        if rate_multiplier != 1.0:
+            traffic = traffic.scaled(rate_multiplier, cfg.warmup_s + cfg.horizon_s)
+        return traffic.with_warmup(cfg.warmup_s)
+    rate = cfg.synthetic.rate_per_s * rate_multiplier
+    spec = cfg.synthetic.model_copy(update={"rate_per_s": rate})
+    end = cfg.warmup_s + cfg.horizon_s
+    return Traffic(synthesize(spec, end, cfg.seed).requests, end, cfg.warmup_s)
 
 
 def _rate_at(spec: SyntheticTraffic, times: np.ndarray) -> np.ndarray:
@@ -70,13 +94,26 @@ def _rate_at(spec: SyntheticTraffic, times: np.ndarray) -> np.ndarray:
     return rate
 
 
+def _assign_bases(shares: np.ndarray, adapters: int) -> np.ndarray:
+    """Base of each adapter by popularity rank, interleaved so that every prefix of the ranking
+    (hence the traffic as well as the catalogue) splits by ``shares``: rank k goes to the base
+    furthest below its share of the first k."""
+    counts = np.zeros(len(shares))
+    out = np.empty(adapters, dtype=int)
+    for rank in range(adapters):
+        base = int(np.argmax(shares * (rank + 1) - counts))
+        counts[base] += 1
+        out[rank] = base
+    return out
+
+
 def synthesize(spec: SyntheticTraffic, horizon_s: float, seed: int) -> Traffic:
     """Non-homogeneous Poisson arrivals by thinning, each drawn from the Zipf catalogue."""
     rng = np.random.default_rng(seed)
     bases = sorted(spec.base_share)
     shares = np.array([spec.base_share[b] for b in bases], dtype=float)
     shares /= shares.sum()
-    adapter_base = rng.choice(len(bases), size=spec.adapters, p=shares)
+    adapter_base = _assign_bases(shares, spec.adapters)
     ranks = np.arange(1, spec.adapters + 1, dtype=float)
     popularity = ranks ** (-spec.zipf_exponent)
     popularity /= popularity.sum()
@@ -151,17 +188,17 @@ def load_trace(path: Path, default_base: str | None) -> Traffic:
 def cold_adapters(traffic: Traffic, max_per_hour: float) -> frozenset[str]:
     """The long tail: adapters requested at most ``max_per_hour`` on average over the horizon,
     and always those requested only once (a short run cannot tell a rare adapter apart)."""
-    counts = Counter(r.adapter for r in traffic.requests if r.adapter is not None)
-    limit = max(1.0, max_per_hour * traffic.horizon_s / 3600.0)
+    counts = Counter(r.adapter for r in traffic.measured if r.adapter is not None)
+    limit = max(1.0, max_per_hour * traffic.measured_s / 3600.0)
     return frozenset(a for a, c in counts.items() if c <= limit)
 
 
 def distinct_per_window(traffic: Traffic, window_s: float = 120.0) -> float:
-    """Mean number of distinct model ids requested per window (the blog: ~10 per 2 minutes)."""
-    windows = max(1, int(traffic.horizon_s // window_s))
+    """Mean number of distinct model ids per measured window (the blog: ~10 per 2 minutes)."""
+    windows = max(1, int(traffic.measured_s // window_s))
     seen: list[set[str]] = [set() for _ in range(windows)]
-    for r in traffic.requests:
-        slot = int(r.time // window_s)
+    for r in traffic.measured:
+        slot = int((r.time - traffic.measure_from_s) // window_s)
         if slot < windows:
             seen[slot].add(r.model_id)
     return sum(len(s) for s in seen) / windows

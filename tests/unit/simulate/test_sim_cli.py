@@ -70,6 +70,8 @@ def test_trace_file_and_plots(tmp_path: Path, capsys) -> None:
     plots = tmp_path / "plots"
     code = main(
         [
+            "--warmup",
+            "0",
             "--trace",
             str(trace),
             "--default-base",
@@ -94,9 +96,15 @@ def test_trace_file_and_plots(tmp_path: Path, capsys) -> None:
         (["--trace", "/nonexistent/trace.csv"], "cannot read trace"),
         (["--rate", "-1"], "rate_per_s"),
         (["--base-share", "sdxl=0"], "positive share"),
+        (["--trace", "TRACE", "--default-base", "sdxl"], "not longer than the warm-up"),
     ],
 )
-def test_bad_input_exits_2_with_a_clear_message(args: list[str], message: str, capsys) -> None:
+def test_bad_input_exits_2_with_a_clear_message(
+    args: list[str], message: str, capsys, tmp_path: Path
+) -> None:
+    trace = tmp_path / "short.csv"
+    trace.write_text("time,model_id\n1,me/a\n100,me/b\n")
+    args = [str(trace) if a == "TRACE" else a for a in args]
     assert main([*args, "--no-sizing"]) == 2
     assert message in capsys.readouterr().err
 
