@@ -338,7 +338,7 @@ class HubCardSource:
             info = self.api.model_info(model_id, token=auth, timeout=self.timeout_s)
             card = card_from_metadata(
                 model_id,
-                card=dict(info.card_data or {}),
+                card=info.card_data.to_dict() if info.card_data else {},
                 hub_tags=info.tags or (),
                 sha=info.sha,
                 pipeline_tag=info.pipeline_tag,
@@ -352,7 +352,13 @@ class HubCardSource:
             raise _refused(model_id, token, "is gated") from None
         except RevisionNotFoundError:
             raise NotFound(f"{model_id} has no main revision on the Hub") from None
-        except RepositoryNotFoundError:
+        except RepositoryNotFoundError as exc:
+            # The Hub answers 401 (not 404) for private repos without a token: say so.
+            if token is None and exc.response is not None and exc.response.status_code == 401:
+                raise Unauthorized(
+                    f"{model_id} was not found without a token; if it is private, send a Hub "
+                    "token that can read it as 'Authorization: Bearer <token>'"
+                ) from None
             raise NotFound(
                 f"no model {model_id!r} on the Hub (if it is private, send your Hub token as "
                 "'Authorization: Bearer <token>')"
