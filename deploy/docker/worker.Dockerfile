@@ -35,19 +35,20 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 loraplex \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin loraplex \
- && mkdir -p /cache/huggingface \
- && chown 10001:10001 /cache/huggingface
+ && mkdir -p /models/hf \
+ && chown -R 10001:10001 /models
 COPY --from=build /opt/loraplex /opt/loraplex
-# The HF cache (weights and adapters: the disk tier) lives on a volume: an emptyDir by default,
-# or the shared model-cache PVC. The root filesystem can stay read-only; /tmp is an emptyDir.
+# The HF cache (weights and adapters: the disk tier) lives on a volume at /models, where the
+# operator mounts the pool's cache volume (an emptyDir by default, or the shared model-cache
+# PVC) and points HF_HOME; the root filesystem can stay read-only with /tmp on an emptyDir.
 ENV PATH=/opt/loraplex/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
-    HF_HOME=/cache/huggingface \
+    HF_HOME=/models/hf \
     HF_HUB_DISABLE_TELEMETRY=1 \
     LORAPLEX_WORKER_HOST=0.0.0.0 \
     LORAPLEX_WORKER_PORT=8000
-VOLUME ["/cache/huggingface"]
+VOLUME ["/models"]
 USER 10001:10001
 EXPOSE 8000
 ENTRYPOINT ["loraplex"]

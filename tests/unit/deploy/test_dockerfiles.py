@@ -136,8 +136,30 @@ def test_worker_image_is_cuda_runtime_with_cuda_torch_and_a_cache_volume() -> No
     final = stages[-1]
     env = " ".join(values_of(final, "ENV"))
     hf_home = re.search(r"HF_HOME=(\S+)", env)
-    assert hf_home and json.loads(values_of(final, "VOLUME")[0]) == [hf_home[1]]
+    (volume,) = json.loads(values_of(final, "VOLUME")[0])
+    assert hf_home and Path(hf_home[1]).is_relative_to(volume)
     assert "LORAPLEX_WORKER_PORT=8000" in env
+
+
+def test_worker_image_matches_the_pods_the_operator_builds() -> None:
+    """The cache volume, HF_HOME, port and command the operator gives worker pods are the
+    ones the image is built for (so `docker run` and the cluster behave alike)."""
+    from loraplex.operator import resources
+
+    body = {"metadata": {"name": "p"}, "spec": {"baseModel": "org/base"}}
+    deployment = resources.build_deployment(resources.parse_pool(body, "img"), replicas=1)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    final = final_stage("worker.Dockerfile")
+    env = " ".join(values_of(final, "ENV"))
+    pod_env = {e["name"]: e.get("value") for e in container["env"]}
+    assert f"HF_HOME={pod_env['HF_HOME']}" in env
+    assert json.loads(values_of(final, "VOLUME")[0]) == [
+        m["mountPath"] for m in container["volumeMounts"] if m["name"] == "model-cache"
+    ]
+    assert f"LORAPLEX_WORKER_PORT={container['ports'][0]['containerPort']}" in env
+    entrypoint = json.loads(values_of(final, "ENTRYPOINT")[0])
+    command = container.get("command") or [*entrypoint, *json.loads(values_of(final, "CMD")[0])]
+    assert command[: len(entrypoint)] == entrypoint and command[len(entrypoint)] == "worker"
 
 
 def test_control_plane_image_is_slim_and_matches_the_chart() -> None:
