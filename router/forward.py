@@ -76,10 +76,21 @@ class Forwarder:
         self.buffer_limit_bytes = buffer_limit_bytes
 
     async def generate(
-        self, pool: Pool, route: Route, request: GenerateRequest, deadline: float
+        self,
+        pool: Pool,
+        route: Route,
+        request: GenerateRequest,
+        deadline: float,
+        token: str | None = None,
     ) -> WorkerAnswer:
-        """Send ``request`` to a replica of ``pool``; see the module docstring for retries."""
+        """Send ``request`` to a replica of ``pool``; see the module docstring for retries.
+
+        ``token`` (the caller's Hub token) goes to the worker only for a gated/private adapter,
+        which the worker must download with it."""
         body = request.model_dump_json(exclude_none=True).encode()
+        headers = {"content-type": "application/json"}
+        if token and route.needs_token:
+            headers["authorization"] = f"Bearer {token}"
         tried: list[str] = []
         last_error = "no replica was ready"
         queue_full = False
@@ -92,7 +103,7 @@ class Forwarder:
             if attempt:
                 self.metrics.retries.labels(route.base_model).inc()
             try:
-                return await self._attempt(pool, view.endpoint, body, deadline)
+                return await self._attempt(pool, view.endpoint, body, headers, deadline)
             except _RetryableError as exc:
                 last_error = str(exc)
                 queue_full = queue_full or "429" in last_error
@@ -107,7 +118,7 @@ class Forwarder:
         )
 
     async def _attempt(
-        self, pool: Pool, endpoint: str, body: bytes, deadline: float
+        self, pool: Pool, endpoint: str, body: bytes, headers: dict[str, str], deadline: float
     ) -> WorkerAnswer:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -122,7 +133,7 @@ class Forwarder:
             resp = await self.session.post(
                 f"{endpoint}/v1/generate",
                 data=body,
-                headers={"content-type": "application/json"},
+                headers=headers,
                 timeout=timeout,
             )
             self.metrics.upstream_latency.labels(pool.base_model).observe(

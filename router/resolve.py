@@ -103,6 +103,9 @@ class Route:
     model_id: str
     base_model: str
     adapter: AdapterRef | None = None
+    needs_token: bool = (
+        False  # gated/private adapter: the worker downloads it with the caller's token
+    )
 
     @property
     def kind(self) -> str:
@@ -171,7 +174,8 @@ def classify(card: ModelCard, served: Collection[str]) -> Route:
         )
     for base in card.base_models:
         if base in served:
-            return Route(card.repo_id, base, AdapterRef(repo_id=card.repo_id, revision=_rev(card)))
+            adapter = AdapterRef(repo_id=card.repo_id, revision=_rev(card))
+            return Route(card.repo_id, base, adapter, needs_token=not card.shareable)
     raise NotServable(
         f"{card.repo_id} is a LoRA of {', '.join(card.base_models)}, which is not served here; "
         f"served bases: {served_list}"
@@ -242,7 +246,7 @@ class Resolver:
                 f"lora header {lora!r} is not a LoRA of {route.base_model} "
                 f"(it routes to {adapter_route.base_model}); send it to that model instead"
             )
-        return Route(model_id, route.base_model, adapter_route.adapter)
+        return Route(model_id, route.base_model, adapter_route.adapter, adapter_route.needs_token)
 
     async def card(self, model_id: str, token: str | None) -> ModelCard:
         anonymous = (model_id, None)

@@ -81,7 +81,7 @@ class RouterService:
         inflight = self.metrics.inflight.labels(route.base_model)
         inflight.inc()
         try:
-            return await self.forwarder.generate(pool, route, request, deadline)
+            return await self.forwarder.generate(pool, route, request, deadline, call.token)
         finally:
             inflight.dec()
 

@@ -84,6 +84,11 @@ async def test_gated_and_private_need_the_right_token(via_hub, hub_server, demo_
         await client.post(f"/models/{repos.private}", json=BODY, headers=good)
     ).status_code == 200
     assert len(worker.seen) == 2
+    # The worker downloads a gated/private adapter with the caller's token; nothing else gets it.
+    assert worker.authorizations == [good["authorization"]] * 2
+    lora = demo_models.demo.adapters[0].repo_id
+    assert (await client.post(f"/models/{lora}", json=BODY, headers=good)).status_code == 200
+    assert worker.authorizations[-1] is None
 
 
 @pytest.mark.parametrize(
