@@ -77,9 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-window",
         type=float,
         metavar="S",
-        help="seconds of counter history the operator's rate averages over (default 30, the "
-        "operator's LORAPLEX_OPERATOR_RATE_WINDOW_S default)",
+        help="seconds of counter history the operator's rate averages over (default: the "
+        "operator's own, LORAPLEX_OPERATOR_RATE_WINDOW_S)",
     )
+    fleet.add_argument("--slots", type=int, help="loraplex: adapters resident per GPU")
+    fleet.add_argument(
+        "--target-per-replica", type=float, metavar="RPS", help="loraplex: req/s per replica"
+    )
+    fleet.add_argument("--max-replicas", type=int, help="loraplex: most replicas per pool")
     fleet.add_argument("--before-idle-stop", type=float, metavar="S", help="'before' scale-down")
     fleet.add_argument(
         "--after-picker", choices=["round_robin", "least_loaded"], help="'after' pool's picker"
@@ -120,6 +125,12 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         "after_picker": args.after_picker,
     }
     data["scenarios"].update({k: v for k, v in knobs.items() if v is not None})
+    scaling = {"target_requests_per_replica": args.target_per_replica}
+    scaling["max_replicas"] = args.max_replicas
+    for pool in [data["default_pool"], *data["pools"].values()]:
+        if args.slots is not None:
+            pool["adapter_slots"] = args.slots
+        pool["scaling"].update({k: v for k, v in scaling.items() if v is not None})
     if args.sizing is not None:
         data["sizing_multipliers"] = args.sizing
     if args.no_sizing:

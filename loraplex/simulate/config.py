@@ -102,6 +102,7 @@ class ScalingSettings(_Model):
     max_replicas: int = Field(default=50, ge=0)
     target_requests_per_replica: float = Field(default=0.07, gt=0)  # req/s one GPU should take
     scale_down_stabilization_s: float = Field(default=300.0, ge=0)
+    scale_up_stabilization_s: float = Field(default=0.0, ge=0)
     idle_to_zero_s: float = Field(default=600.0, ge=0)
 
 

@@ -280,6 +280,7 @@ def scaling_spec(pool: PoolSettings) -> ScalingSpec:
         max_replicas=s.max_replicas,
         target_requests_per_replica=s.target_requests_per_replica,
         scale_down_stabilization_s=s.scale_down_stabilization_s,
+        scale_up_stabilization_s=s.scale_up_stabilization_s,
         idle_to_zero_s=s.idle_to_zero_s,
     )
 

@@ -35,6 +35,14 @@ def test_flags_reach_the_simulation(capsys) -> None:
     assert 0.1 < figures["traffic"]["rate_per_s"] < 0.3
 
 
+def test_pool_flags_reach_the_loraplex_pools(capsys) -> None:
+    assert main([*FAST, "--json", "--rate", "1.0", "--max-replicas", "1"]) == 0
+    capped = _json(capsys)["loraplex"]
+    assert capped["peak_replicas"] <= 2  # one per base (sdxl, sd15)
+    assert main([*FAST, "--json", "--rate", "1.0", "--target-per-replica", "0.05"]) == 0
+    assert _json(capsys)["loraplex"]["peak_replicas"] > 5
+
+
 def test_config_file_is_merged_over_the_preset(tmp_path: Path, capsys) -> None:
     config = tmp_path / "plan.yaml"
     config.write_text(
