@@ -1,4 +1,4 @@
-"""Tiny demo models: a Stable Diffusion base and real peft LoRAs, built on CPU in about a second.
+"""Tiny demo models: SD and SDXL bases and real peft LoRAs, built on CPU in about a second.
 
 ``loraplex demo-models DIR`` (and the ``demo_models`` pytest fixture, which calls the same
 :func:`build_demo_models`) writes Hub-layout repos ``DIR/<org>/<name>/`` that the fixture Hub
@@ -19,12 +19,18 @@ Repos (ids are constants below; :class:`DemoSet` lists them with their traits):
 ``loraplex-demo/lora-peft``                  rank 4, ``adapter_model.safetensors`` +
                                              ``adapter_config.json`` (no metadata in the file)
 ``loraplex-demo/lora-list-base``             rank 8, card ``base_model`` is a list
+``loraplex-demo/tiny-sdxl``                  base: StableDiffusionXLPipeline of the same size
+                                             (two text encoders); skip with ``sdxl=False``
+``loraplex-demo/lora-sdxl``                  rank 4, alpha 8, LoRA of tiny-sdxl (fails to load
+                                             into tiny-sd: wrong cross-attention width)
 ==========================================  =================================================
 
-Every adapter targets the UNet attention projections (to_q, to_k, to_v, to_out.0) and has a
-non-zero random ``lora_B``, so ``pipe.load_lora_weights(<repo dir or id>)`` visibly changes the
-image. Load any of them with diffusers' ``load_lora_weights`` without a ``weight_name``: each
-repo holds exactly one ``.safetensors`` file. Cards differ on purpose so resolution rules are
+``DemoSet.adapters`` (and ``ADAPTERS``) are the tiny-sd LoRAs only; ``DemoSet.sdxl_adapters``
+holds the SDXL one and ``DemoSet.all_adapters`` both. Every adapter targets the UNet attention
+projections (to_q, to_k, to_v, to_out.0) and has a non-zero random ``lora_B``, so
+``pipe.load_lora_weights(<repo dir or id>)`` visibly changes the image. Load any of them with
+diffusers' ``load_lora_weights`` without a ``weight_name``: each repo holds exactly one
+``.safetensors`` file. Cards differ on purpose so resolution rules are
 exercised: some say ``base_model_relation: adapter``, one has ``lora`` only in its card tags
 (no ``library_name``), one gives ``base_model`` as a list (tiny-sd and an unserved base).
 
@@ -38,18 +44,20 @@ import argparse
 import copy
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from loraplex.demo_pipelines import seeded, tiny_sd_pipeline, tiny_sdxl_pipeline
+
 if TYPE_CHECKING:
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
 ORG = "loraplex-demo"
 TINY_SD = f"{ORG}/tiny-sd"
+TINY_SDXL = f"{ORG}/tiny-sdxl"
+LORA_SDXL = f"{ORG}/lora-sdxl"
 LORA_R4 = f"{ORG}/lora-r4"
 LORA_R8_ALPHA16 = f"{ORG}/lora-r8-alpha16"
 LORA_TEXT_ENCODER = f"{ORG}/lora-text-encoder"
@@ -62,7 +70,6 @@ TEXT_ENCODER_TARGETS = ("k_proj", "out_proj", "q_proj", "v_proj")
 # Scale of the random lora_B: large enough that every adapter moves a 64x64 image visibly
 # (mean |diff| > 0.01 on [0, 1] pixels), small enough that the image is not noise.
 LORA_B_SCALE = 0.6
-BASE_SEED = 0
 
 AdapterFormat = Literal["diffusers", "kohya", "peft"]
 
@@ -93,8 +100,9 @@ class DemoSet:
     """What :func:`build_demo_models` wrote under ``root``."""
 
     root: Path
-    bases: tuple[str, ...]
-    adapters: tuple[AdapterSpec, ...]
+    bases: tuple[str, ...]  # every base written (tiny-sd first)
+    adapters: tuple[AdapterSpec, ...]  # LoRAs of tiny-sd only (the set tests iterate over)
+    sdxl_adapters: tuple[AdapterSpec, ...] = ()  # LoRAs of tiny-sdxl
     build_seconds: float = field(default=0.0, compare=False)
 
     def path(self, repo_id: str) -> Path:
@@ -102,16 +110,19 @@ class DemoSet:
         return self.root / repo_id
 
     def adapter(self, repo_id: str) -> AdapterSpec:
-        for spec in self.adapters:
+        for spec in self.all_adapters:
             if spec.repo_id == repo_id:
                 return spec
-        raise KeyError(
-            f"{repo_id} is not a demo adapter; known: {[a.repo_id for a in self.adapters]}"
-        )
+        raise KeyError(f"{repo_id} is not a demo adapter; known: {self.adapter_ids}")
+
+    @property
+    def all_adapters(self) -> tuple[AdapterSpec, ...]:
+        return self.adapters + self.sdxl_adapters
 
     @property
     def adapter_ids(self) -> tuple[str, ...]:
-        return tuple(a.repo_id for a in self.adapters)
+        """Ids of every demo adapter, tiny-sd's and tiny-sdxl's."""
+        return tuple(a.repo_id for a in self.all_adapters)
 
 
 def _adapter(repo_id: str, rank: int, alpha: float, fmt: AdapterFormat, seed: int, **kw: Any):
@@ -138,89 +149,9 @@ ADAPTERS: tuple[AdapterSpec, ...] = (
     _adapter(LORA_PEFT, 4, 4, "peft", 5, tags=("lora", "peft"), relation=None),
     _adapter(LORA_LIST_BASE, 8, 8, "diffusers", 6, base_model=[TINY_SD, "other-org/unserved"]),
 )
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[torch.Generator]:
-    """Seed torch's global RNG (module constructors use it) without leaking into the caller."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield torch.Generator().manual_seed(seed)
-
-
-# ---------------------------------------------------------------- base pipeline
-
-
-def tiny_sd_pipeline(
-    seed: int = BASE_SEED, cross_attention_dim: int = 32
-) -> StableDiffusionPipeline:
-    """A StableDiffusionPipeline from configs with random weights (no downloads)."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    # Byte-level vocab with no merges: every prompt tokenizes, one token per byte.
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    alphabet = sorted(ByteLevel.alphabet())
-    for suffix in ("", "</w>"):
-        vocab.update({ch + suffix: len(vocab) + i for i, ch in enumerate(alphabet)})
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    with seeded(seed):
-        unet = UNet2DConditionModel(
-            sample_size=32,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=cross_attention_dim,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(32, 64),
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            latent_channels=4,
-            layers_per_block=1,
-            norm_num_groups=8,
-            sample_size=64,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(vocab),
-                hidden_size=cross_attention_dim,
-                intermediate_size=37,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                max_position_embeddings=77,
-                projection_dim=32,
-                bos_token_id=0,
-                eos_token_id=1,
-                pad_token_id=1,
-            )
-        )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+SDXL_ADAPTERS: tuple[AdapterSpec, ...] = (
+    _adapter(LORA_SDXL, 4, 8, "diffusers", 7, base_model=TINY_SDXL, tags=("lora", "sdxl")),
+)
 
 
 def write_card(repo_dir: Path, title: str, body: str = "", **card: Any) -> None:
@@ -233,13 +164,14 @@ def write_card(repo_dir: Path, title: str, body: str = "", **card: Any) -> None:
     ModelCard(text).save(repo_dir / "README.md")
 
 
-def save_base(pipe: StableDiffusionPipeline, repo_dir: Path, repo_id: str, **card: Any) -> None:
+def save_base(pipe: DiffusionPipeline, repo_dir: Path, repo_id: str, **card: Any) -> None:
     pipe.save_pretrained(repo_dir, safe_serialization=True)
-    card.setdefault("tags", ["text-to-image", "stable-diffusion", "loraplex-demo"])
+    family = "stable-diffusion-xl" if "XL" in type(pipe).__name__ else "stable-diffusion"
+    card.setdefault("tags", ["text-to-image", family, "loraplex-demo"])
     write_card(
         repo_dir,
         repo_id,
-        "Tiny random-weight Stable Diffusion pipeline for tests (64x64 on CPU).",
+        f"Tiny random-weight {type(pipe).__name__} for tests (64x64 on CPU).",
         library_name="diffusers",
         pipeline_tag="text-to-image",
         license="apache-2.0",
@@ -278,9 +210,8 @@ def peft_lora_state(
     return state, meta
 
 
-def write_adapter(pipe: StableDiffusionPipeline, spec: AdapterSpec, repo_dir: Path) -> None:
-    """Build one LoRA for ``pipe`` as ``spec`` says and write it as a Hub repo folder."""
-    from diffusers import StableDiffusionPipeline
+def write_adapter(pipe: DiffusionPipeline, spec: AdapterSpec, repo_dir: Path) -> None:
+    """Build one LoRA for ``pipe`` (SD or SDXL) as ``spec`` says; write it as a Hub repo folder."""
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
@@ -293,7 +224,7 @@ def write_adapter(pipe: StableDiffusionPipeline, spec: AdapterSpec, repo_dir: Pa
             )
     repo_dir.mkdir(parents=True, exist_ok=True)
     if spec.format == "diffusers":
-        StableDiffusionPipeline.save_lora_weights(
+        type(pipe).save_lora_weights(
             repo_dir,
             unet_lora_layers=convert_state_dict_to_diffusers(unet_sd),
             text_encoder_lora_layers=convert_state_dict_to_diffusers(te_sd) if te_sd else None,
@@ -330,18 +261,23 @@ def write_adapter(pipe: StableDiffusionPipeline, spec: AdapterSpec, repo_dir: Pa
     )
 
 
-def build_demo_models(root: Path, adapters: tuple[AdapterSpec, ...] = ADAPTERS) -> DemoSet:
-    """Write the tiny base and the demo LoRAs under ``root``; return what was written."""
+def build_demo_models(root: Path, sdxl: bool = True) -> DemoSet:
+    """Write the tiny bases and the demo LoRAs under ``root``; return what was written."""
     started = time.perf_counter()
     root = Path(root)
-    pipe = tiny_sd_pipeline()
-    save_base(pipe, root / TINY_SD, TINY_SD)
-    for spec in adapters:
-        write_adapter(pipe, spec, root / spec.repo_id)
+    builds = [(TINY_SD, tiny_sd_pipeline, ADAPTERS)]
+    if sdxl:
+        builds.append((TINY_SDXL, tiny_sdxl_pipeline, SDXL_ADAPTERS))
+    for base_id, make_pipeline, adapters in builds:
+        pipe = make_pipeline()
+        save_base(pipe, root / base_id, base_id)
+        for spec in adapters:
+            write_adapter(pipe, spec, root / spec.repo_id)
     return DemoSet(
         root=root,
-        bases=(TINY_SD,),
-        adapters=adapters,
+        bases=tuple(base_id for base_id, _, _ in builds),
+        adapters=ADAPTERS,
+        sdxl_adapters=SDXL_ADAPTERS if sdxl else (),
         build_seconds=time.perf_counter() - started,
     )
 
@@ -353,13 +289,14 @@ def main(argv: list[str]) -> int:
         "(random weights, no downloads, a few seconds on CPU).",
     )
     parser.add_argument("dir", metavar="DIR", type=Path, help="output folder (created)")
+    parser.add_argument("--no-sdxl", action="store_true", help="skip the tiny SDXL base")
     parser.add_argument(
         "--with-test-repos",
         action="store_true",
         help="also write the broken/edge-case repos the test suite uses (see loraplex.demo_bad)",
     )
     args = parser.parse_args(argv)
-    demo = build_demo_models(args.dir)
+    demo = build_demo_models(args.dir, sdxl=not args.no_sdxl)
     ids = [*demo.bases, *demo.adapter_ids]
     if args.with_test_repos:
         from loraplex.demo_bad import build_test_repos

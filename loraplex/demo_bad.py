@@ -48,11 +48,10 @@ from loraplex.demo import (
     DemoSet,
     peft_lora_state,
     save_base,
-    seeded,
-    tiny_sd_pipeline,
     write_adapter,
     write_card,
 )
+from loraplex.demo_pipelines import seeded, tiny_sd_pipeline
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
