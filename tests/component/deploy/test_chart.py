@@ -283,22 +283,43 @@ def test_service_monitors_scrape_named_ports(rendered_all_on: list[Manifest]) ->
     }
 
 
-def test_dashboard_plots_the_contract_metrics(rendered_all_on: list[Manifest]) -> None:
+def defined_metric_names() -> set[str]:
+    """Metric names the components define (their metrics modules, PREFIX constants expanded)."""
+    import re
+
+    from fixtures.deploy_checks import REPO
+
+    names = set()
+    for folder in ("router", "worker", "operator"):
+        source = (REPO / folder / "metrics.py").read_text()
+        prefix = re.search(r'^PREFIX = "([a-z_]+)"', source, re.MULTILINE)
+        if prefix:
+            source = source.replace('f"{PREFIX}', f'"{prefix[1]}')
+        names |= set(re.findall(r'"(loraplex_[a-z_]+)"', source))
+    return names
+
+
+def test_dashboard_plots_metrics_the_components_export(rendered_all_on: list[Manifest]) -> None:
     import json
+    import re
 
     config_map = one(rendered_all_on, "ConfigMap", "lp-loraplex-dashboard")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(config_map["data"]["loraplex.json"])
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    series = re.findall(r"\bloraplex_\w+", exprs)
+    used = {re.sub(r"_(bucket|total|count|sum)$", "", name) for name in series}
+    defined = defined_metric_names()
+    assert used <= defined, f"dashboard queries metrics nobody exports: {used - defined}"
     for metric in [
-        "loraplex_router_requests_total",
-        "loraplex_router_pending",
-        "loraplex_worker_switch_seconds_bucket",
-        "loraplex_operator_desired_replicas",
-        "kube_deployment_status_replicas_ready",
+        "loraplex_router_requests",  # requests per base model
+        "loraplex_router_pending",  # pending per base model
+        "loraplex_worker_adapter_switch_seconds",  # switch time by tier
+        "loraplex_operator_desired_replicas",  # desired …
+        "loraplex_router_replicas_ready",  # … vs ready
     ]:
-        assert metric in exprs, f"dashboard misses {metric}"
-    assert "by (tier, le)" in exprs and "by (base_model)" in exprs
+        assert metric in used, f"dashboard misses {metric}"
+    assert "by (tier, le)" in exprs and "by (base_model" in exprs
 
 
 def test_notes_render_with_the_contract(helm_bin) -> None:
