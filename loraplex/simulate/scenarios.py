@@ -128,13 +128,15 @@ class Pool:
         for _ in range(replicas - len(live)):
             self.add_replica(warmup_s)
         # Remove the cheapest first: still starting, then the shortest queue, newest first.
-        by_cost = sorted(live, key=lambda r: (r.ready, r.depth, -self.replicas.index(r)))
-        for replica in by_cost[: max(0, len(live) - replicas)]:
+        by_cost = sorted(enumerate(live), key=lambda item: (item[1].ready, item[1].depth, -item[0]))
+        for _, replica in by_cost[: max(0, len(live) - replicas)]:
             replica.drain()
         self.replicas = [r for r in self.replicas if not r.stopped]
 
 
-def _arrivals(env: simpy.Environment, traffic: Traffic, submit: Callable[[Request], None]):
+def _arrivals(
+    env: simpy.Environment, traffic: Traffic, submit: Callable[[Request], None]
+) -> Iterator[simpy.Event]:
     for request in traffic.requests:
         if request.time > env.now:
             yield env.timeout(request.time - env.now)
