@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FormatStrFormatter
 
 from loraplex.simulate.results import Run
 
@@ -25,6 +26,8 @@ def latency_cdf(run: Run, path: Path) -> None:
         if values.size:
             ax.plot(values, np.arange(1, values.size + 1) / values.size, label=name)
     ax.set_xscale("log")
+    for axis_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis_formatter(FormatStrFormatter("%g"))  # 3, 10, 30 rather than 3×10⁰
     ax.set_xlabel("latency (s, log scale)")
     ax.set_ylabel("fraction of requests")
     ax.set_title("Latency CDF per scenario")
