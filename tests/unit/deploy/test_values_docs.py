@@ -1,8 +1,9 @@
 """``values.yaml`` documents every key, and ``values.schema.json`` knows every key.
 
 A key counts as documented when a comment sits on the line above it (or on its own line).
-Entries inside free-form maps whose key is itself documented (resource quantities, annotations,
-labels) are example content, not chart keys, and are exempt.
+Entries inside free-form maps or Kubernetes objects whose key is itself documented (resource
+quantities, annotations, labels, topology spread constraints) are example content, not chart
+keys, and are exempt.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import Any
 import yaml
 
 CHART = Path(__file__).resolve().parents[3] / "charts" / "loraplex"
-FREE_FORM = {"resources", "annotations", "labels", "ingressNamespaceLabels"}
+FREE_FORM = {
+    "resources",
+    "annotations",
+    "labels",
+    "ingressNamespaceLabels",
+    "topologySpreadConstraints",
+}
 KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z0-9_.\-/]+):")
 
 
