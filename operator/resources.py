@@ -24,6 +24,7 @@ VERSION = "v1alpha1"
 PLURAL = "basemodelpools"
 KIND = "BaseModelPool"
 WORKER_PORT = 8000  # the worker's HTTP contract (loraplex.contract): /v1/generate, /readyz, ...
+WORKER_UID = 10001  # the worker image's user (deploy/docker/worker.Dockerfile)
 CACHE_MOUNT = "/models"  # HF_HOME lives here, on the pool's model-cache volume
 MANAGED_BY = "loraplex-operator"
 POOL_LABEL = "loraplex.dev/pool"
@@ -168,10 +169,12 @@ def worker_env(pool: Pool) -> list[dict[str, Any]]:
     env = [
         {"name": "LORAPLEX_WORKER_BASE_MODEL", "value": pool.base_model},
         {"name": "LORAPLEX_WORKER_BASE_REVISION", "value": pool.revision},
+        {"name": "LORAPLEX_WORKER_HOST", "value": "0.0.0.0"},
         {"name": "LORAPLEX_WORKER_PORT", "value": str(WORKER_PORT)},
         {"name": "LORAPLEX_WORKER_DTYPE", "value": worker.get("dtype", "auto")},
         {"name": "LORAPLEX_WORKER_MAX_ADAPTER_SLOTS", "value": str(worker.get("adapterSlots", 4))},
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/hf"},
+        {"name": "HOME", "value": "/tmp"},
     ]
     for key, var in (
         ("residentCacheSize", "LORAPLEX_WORKER_RESIDENT_CACHE_BYTES"),
@@ -209,9 +212,15 @@ def _container(pool: Pool) -> dict[str, Any]:
             "periodSeconds": 20,
             "failureThreshold": 3,
         },
-        "volumeMounts": [{"name": "model-cache", "mountPath": CACHE_MOUNT}],
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": CACHE_MOUNT},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        # Same posture as every pod the chart renders: non-root, read-only root filesystem
+        # (HOME on /tmp, HF_HOME on the cache volume), no capabilities.
         "securityContext": {
             "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
         },
@@ -236,8 +245,14 @@ def _pod_spec(pool: Pool) -> dict[str, Any]:
         # Long enough to finish an in-flight generation after SIGTERM.
         "terminationGracePeriodSeconds": int(worker.get("terminationGracePeriodSeconds", 120)),
         "automountServiceAccountToken": False,  # workers never call the Kubernetes API
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
-        "volumes": [{"name": "model-cache", **cache}],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,  # the cache volume is writable by the worker
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": [{"name": "model-cache", **cache}, {"name": "tmp", "emptyDir": {}}],
     }
     for key in ("nodeSelector", "tolerations", "affinity", "serviceAccountName"):
         if worker.get(key):

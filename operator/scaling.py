@@ -11,10 +11,6 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-# Rates are floats summed from counter deltas; without a tolerance 2.0000000001 req/s at a target
-# of 1.0 would ask for a third replica.
-_RATE_EPSILON = 1e-9
-
 
 @dataclass(frozen=True)
 class ScalingSpec:
@@ -26,6 +22,9 @@ class ScalingSpec:
     scale_down_stabilization_s: float = 300.0
     idle_to_zero_s: float = 600.0
     scale_up_stabilization_s: float = 0.0  # 0: scale up at once (the issue's default policy)
+    # Fraction of one replica's target the load may exceed before another replica is asked
+    # for: measured rates jitter (3.01 req/s for a steady 3), and ceil() would add a replica.
+    tolerance: float = 0.05
 
     def clamp(self, replicas: int) -> int:
         """``replicas`` within [min_replicas, max_replicas]."""
@@ -40,6 +39,8 @@ class ScalingSpec:
                 f"scaling.minReplicas ({self.min_replicas}) exceeds scaling.maxReplicas "
                 f"({self.max_replicas}); lower minReplicas or raise maxReplicas"
             )
+        if not 0 <= self.tolerance < 1:
+            raise ValueError("scaling tolerance must be in [0, 1)")
         if not self.target_requests_per_replica > 0:
             raise ValueError("scaling.targetRequestsPerReplica must be > 0")
         for name in ("scale_down_stabilization_s", "idle_to_zero_s", "scale_up_stabilization_s"):
@@ -68,9 +69,11 @@ class ScalingPolicy:
 
     Each :meth:`decide`:
 
-    1. **Load recommendation** ``r = ceil(rate / targetRequestsPerReplica)``; if anything is
-       pending, ``r >= 1``; then ``r`` is clamped to ``[minReplicas, maxReplicas]``. ``r`` is
-       remembered with its time.
+    1. **Load recommendation** ``r = ceil(rate / targetRequestsPerReplica - tolerance)``
+       (tolerance 0.05 by default, so measurement jitter such as 3.01 req/s for a steady 3
+       does not add a replica; any traffic at all gives ``r >= 1``); if anything is pending,
+       ``r >= 1``; then ``r`` is clamped to ``[minReplicas, maxReplicas]`` and remembered
+       with its time.
     2. **Scale from zero**: pending > 0 with no ready replica and nothing requested → at least
        1 at once, whatever the windows say (a request is waiting).
     3. **Scale up** (``r`` > current): to the *lowest* ``r`` over the last
@@ -86,8 +89,10 @@ class ScalingPolicy:
        once (``maxReplicas: 0`` stops the pool now).
 
     The policy is the one place replicas are chosen; the operator's timer writes the result to
-    the Deployment (which overwrites a manual ``kubectl scale deployment`` at the next tick —
-    see README "Operator and autoscaling").
+    the Deployment. The ``kubectl scale`` rule (README "Operator and autoscaling"):
+    ``kubectl scale deployment <pool>-worker`` is overwritten at the next tick, with a warning
+    log and Event naming both numbers; ``kubectl scale bmp <pool>`` sets ``spec.replicas``,
+    which pins the pool to that size (autoscaling paused) until the field is removed.
     """
 
     def __init__(self, spec: ScalingSpec) -> None:
@@ -103,8 +108,9 @@ class ScalingPolicy:
 
     def recommend(self, obs: Observation) -> int:
         """Step 1: what the load alone asks for, clamped to [min, max]."""
-        wanted = math.ceil(obs.rate / self.spec.target_requests_per_replica - _RATE_EPSILON)
-        wanted = max(wanted, 0)
+        load = obs.rate / self.spec.target_requests_per_replica
+        # Any traffic at all wants a replica; the tolerance only trims jitter above a multiple.
+        wanted = max(1, math.ceil(load - self.spec.tolerance)) if load > 0 else 0
         if obs.pending > 0:
             wanted = max(wanted, 1)
         return self._clamp(wanted)

@@ -59,12 +59,14 @@ def test_deployment_carries_worker_settings_owner_and_probes() -> None:
     assert env == {
         "LORAPLEX_WORKER_BASE_MODEL": "stabilityai/stable-diffusion-xl-base-1.0",
         "LORAPLEX_WORKER_BASE_REVISION": "v1.0",
+        "LORAPLEX_WORKER_HOST": "0.0.0.0",
         "LORAPLEX_WORKER_PORT": "8000",
         "LORAPLEX_WORKER_DTYPE": "float16",
         "LORAPLEX_WORKER_MAX_ADAPTER_SLOTS": "8",
         "LORAPLEX_WORKER_RESIDENT_CACHE_BYTES": str(2 * 2**30),
         "LORAPLEX_WORKER_HOST_CACHE_BYTES": "1000",
         "HF_HOME": "/models/hf",
+        "HOME": "/tmp",
     }
     assert container["image"] == "img:default"
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -73,9 +75,12 @@ def test_deployment_carries_worker_settings_owner_and_probes() -> None:
     assert container["securityContext"]["runAsNonRoot"] is True
     assert pod["terminationGracePeriodSeconds"] == 300
     assert pod["nodeSelector"] == {"gpu": "a10"} and pod["tolerations"][0]["operator"] == "Exists"
-    assert pod["volumes"] == [
-        {"name": "model-cache", "persistentVolumeClaim": {"claimName": "models"}}
-    ]
+    assert pod["volumes"][0] == {
+        "name": "model-cache",
+        "persistentVolumeClaim": {"claimName": "models"},
+    }
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
 

@@ -43,8 +43,14 @@ CASES = {
     "ramp follows ceil(rate/target), capped at max": (
         SPEC,
         0,
-        [(0, 0.5, 0), (5, 1.5, 0), (10, 2.5, 0), (15, 3.01, 0), (20, 4.5, 0), (25, 9.0, 0)],
+        [(0, 0.5, 0), (5, 1.5, 0), (10, 2.5, 0), (15, 3.2, 0), (20, 4.5, 0), (25, 9.0, 0)],
         [1, 2, 3, 4, 5, 5],
+    ),
+    "jitter just above a multiple does not add a replica; a trickle still gets one": (
+        SPEC,
+        0,
+        [(0, 0.01, 0), (5, 3.0, 0), (10, 3.04, 0), (15, 3.06, 0)],
+        [1, 3, 3, 4],
     ),
     "spike scales up at once and down only after the window": (
         SPEC,
