@@ -73,7 +73,6 @@ class WorkerRuntime:
         if self.executor is not None:
             m.queue_depth.set(self.executor.depth)
             m.in_flight.set(self.executor.in_flight)
-            m.dropped.inc(self.executor.queue.dropped - _counter_value(m.dropped))
         if self.engine is not None:
             snap = self.engine.snapshot()
             m.resident_adapters.set(len(snap.resident))
@@ -174,6 +173,7 @@ def _routes(app: FastAPI) -> None:
                 group, Job(body, _bearer(request)), request.is_disconnected
             )
         except ClientGone:
+            runtime.metrics.dropped.inc()
             runtime.metrics.requests.labels(code=str(CLIENT_CLOSED_REQUEST)).inc()
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except LoraplexError as exc:

@@ -92,7 +92,10 @@ class HubFetcher:
         """The file to load for ``key`` (422 for pickle-only/ambiguous repos, 413 too big)."""
         with self._lock:
             known = self._files.get(key)
-        return known or self._list(key.repo_id, key.commit, token)
+        if known is None:
+            return self._list(key.repo_id, key.commit, token)
+        self._check_size(known, known.size)  # the limit may have changed since it was listed
+        return known
 
     def _list(self, repo_id: str, revision: str, token: str | None) -> WeightFile:
         with hub_errors(f"adapter {repo_id}@{revision}", token):

@@ -92,6 +92,16 @@ class GroupingQueue:
         del self._jobs[chosen]
         return job
 
+    def cancel(self, job: Job) -> bool:
+        """Drop a waiting job now (its client left); False when it already started."""
+        job.cancelled = True
+        try:
+            self._jobs.remove(job)
+        except ValueError:
+            return False
+        self.dropped += 1
+        return True
+
     def _drop_cancelled(self) -> None:
         kept = deque(j for j in self._jobs if not j.cancelled)
         self.dropped += len(self._jobs) - len(kept)
@@ -155,13 +165,12 @@ class DeviceExecutor:
                 done, _ = await asyncio.wait({job.future}, timeout=DISCONNECT_POLL_S)
                 if done or job.started:
                     break
-                if await is_disconnected():
-                    job.cancelled = True
-                    self._wake.set()  # let the loop drop it and update the depth now
+                if await is_disconnected() and self.queue.cancel(job):
+                    self._on_change()
                     raise ClientGone
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
-            job.cancelled = True
+            self.queue.cancel(job)
             raise
 
     def _changed(self) -> None:

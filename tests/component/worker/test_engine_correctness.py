@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures.hub import point_client_at
+from fixtures.worker import one_torch_thread  # noqa: F401 - pytest fixture
 from loraplex.worker.pipeline import Engine
 from loraplex.worker.settings import WorkerSettings
 
@@ -23,14 +24,13 @@ from loraplex.contract import AdapterRef, GenerateRequest, SwitchTier
 from loraplex.demo import ADAPTERS, LORA_KOHYA, LORA_R4, LORA_R8_ALPHA16, TINY_SD
 from loraplex.errors import (
     Forbidden,
-    LoraplexError,
     NotFound,
     NotServable,
     PayloadTooLarge,
     Unauthorized,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 TOLERANCE = 1e-4
 REQUEST = GenerateRequest(
     prompt="a photo of sks", width=64, height=64, num_inference_steps=2, guidance_scale=5.0, seed=7
@@ -192,12 +192,14 @@ def test_gated_adapter_loads_with_the_right_token(engine, references, demo_model
 
 
 def test_adapter_over_the_size_limit_is_refused_before_download(engine, references) -> None:
+    ref = AdapterRef(repo_id="loraplex-demo/lora-list-base", revision="main")
+    engine.switch_to(None)
+    engine.cache.drop(engine.fetcher.resolve(ref, None))  # not cached: must be fetched
     engine.fetcher.max_adapter_bytes = 1000
     try:
         with pytest.raises(PayloadTooLarge, match="MAX_ADAPTER_BYTES"):
-            engine.switch_to(AdapterRef(repo_id="loraplex-demo/lora-list-base", revision="main"))
+            engine.switch_to(ref)
     finally:
         engine.fetcher.max_adapter_bytes = engine.settings.max_adapter_bytes
     engine.switch_to(None)
     assert_matches(engine, references, None)
-    assert isinstance(PayloadTooLarge("x"), LoraplexError)
