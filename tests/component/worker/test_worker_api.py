@@ -273,3 +273,40 @@ async def test_same_adapter_requests_overtake_at_most_max_overtake(worker, gate)
         for task in (first, b, a):
             assert (await task).status_code == 200
     assert gate.calls == ["a-running", "a-later", "b-waiting"]
+
+
+def test_readyz_is_503_until_the_warm_up_generation_is_done(hub_cache: Path) -> None:
+    release = threading.Event()
+
+    def slow_load(settings):
+        assert release.wait(30), "test never released the load"
+        return Engine.load(settings)
+
+    server = WorkerServer(tiny_worker_settings(hub_cache), engine_factory=slow_load).start()
+    try:
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 503 and "warming up" in ready.json()["error"]
+        early = httpx.post(f"{server.url}/v1/generate", json=BASE_BODY)
+        assert early.status_code == 503 and int(early.headers["retry-after"]) >= 1
+        assert early.json()["estimated_time"] > 0
+        assert httpx.get(f"{server.url}/v1/state").json()["ready"] is False
+        release.set()
+        server.wait_ready()
+        assert (
+            httpx.post(f"{server.url}/v1/generate", json=BASE_BODY, timeout=30).status_code == 200
+        )
+    finally:
+        release.set()
+        server.stop()
+
+
+def test_a_base_that_cannot_load_fails_liveness_with_the_reason(hub_cache: Path) -> None:
+    settings = tiny_worker_settings(hub_cache, base_model="loraplex-test/no-such-base")
+    server = WorkerServer(settings).start()
+    try:
+        wait_for(lambda: httpx.get(f"{server.url}/healthz").status_code == 503)
+        error = httpx.get(f"{server.url}/readyz").json()["error"]
+        assert "loraplex-test/no-such-base" in error and "not found" in error
+    finally:
+        server.stop()

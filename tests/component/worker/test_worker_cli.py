@@ -1,0 +1,88 @@
+"""``loraplex worker`` as a real process: starts from the Hub, serves, and on SIGTERM finishes
+the request in progress before exiting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fixtures.hub import hub_env_vars
+
+from loraplex.demo import TINY_SD
+
+pytestmark = pytest.mark.slow
+START_DEADLINE_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout_s: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "worker exited"
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_cli_worker_serves_and_finishes_the_request_in_progress_on_sigterm(
+    hub_server, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        **hub_env_vars(hub_server.url, tmp_path / "hf"),
+        "OMP_NUM_THREADS": "1",
+        "LORAPLEX_WORKER_WIDTH": "64",
+        "LORAPLEX_WORKER_HEIGHT": "64",
+        "LORAPLEX_WORKER_SLOT_RANK": "8",
+        "LORAPLEX_WORKER_WARMUP_STEPS": "1",
+    }
+    cmd = [sys.executable, "-m", "loraplex", "worker", "--base-model", TINY_SD]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for(lambda: ready(url), START_DEADLINE_S, proc)
+        result: dict[str, httpx.Response] = {}
+        body = {"prompt": "a long one", "num_inference_steps": 60, "seed": 1}
+
+        def long_request() -> None:
+            result["response"] = httpx.post(f"{url}/v1/generate", json=body, timeout=120)
+
+        thread = threading.Thread(target=long_request)
+        thread.start()
+        wait_for(lambda: httpx.get(f"{url}/v1/state").json()["in_flight"] == 1, 30, proc)
+        proc.send_signal(signal.SIGTERM)
+        thread.join(timeout=120)
+        response = result["response"]
+        assert response.status_code == 200
+        assert response.content[:4] == b"\x89PNG"
+        # uvicorn re-raises the captured SIGTERM once shut down (exit by signal, the convention).
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        output = proc.stdout.read() if proc.stdout else ""
+        assert "Traceback" not in output, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
