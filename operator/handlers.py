@@ -194,7 +194,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorSettings) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="loraplex.dev", key="last-handled-configuration"
     )
-    settings.posting.level = logging.WARNING  # k8s Events for warnings/errors only
+    # Warnings and errors logged about a pool (e.g. a manual `kubectl scale deployment` that
+    # the operator overwrites) become Kubernetes Events on the pool (kopf 1.45: off by default).
+    settings.posting.loggers = True
+    settings.posting.level = logging.WARNING
     settings.scanning.disabled = not config.cluster_scanning
 
 

@@ -24,6 +24,10 @@ pytestmark = pytest.mark.slow
 EXAMPLES = REPO_ROOT / "deploy" / "examples"
 
 
+def deployment(k8s: K8sEmulator, pool: str) -> dict[str, Any]:
+    return k8s.get_object("apps/v1/deployments", TEST_NAMESPACE, f"{pool}-worker") or {}
+
+
 async def kubectl(binary: pathlib.Path, kubeconfig: pathlib.Path, *args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         str(binary),
@@ -95,6 +99,31 @@ async def test_kubectl_applies_examples_and_operator_serves_them(
             ),
             message="pinned replicas",
         )
+        # `kubectl scale deployment` on an autoscaled pool is overwritten, with a warning Event.
+        other = next(n for n in pools if n != name)
+        await eventually(lambda: deployment(k8s, other)["metadata"].get("generation", 0) >= 1)
+        decided = deployment(k8s, other)["spec"]["replicas"]
+        await kubectl(
+            kubectl_bin,
+            k8s_kubeconfig,
+            "scale",
+            "deployment",
+            f"{other}-worker",
+            f"--replicas={decided + 3}",
+        )
+        await eventually(
+            lambda: deployment(k8s, other)["spec"]["replicas"] == decided,
+            message="manual Deployment scale overwritten",
+        )
+        events = await eventually(
+            lambda: [
+                e
+                for e in k8s.list_objects("v1/events", TEST_NAMESPACE)
+                if "outside the operator" in e.get("message", "")
+            ],
+            message="warning Event about the manual scale",
+        )
+        assert events[0]["involvedObject"]["name"] == other
         out = await kubectl(kubectl_bin, k8s_kubeconfig, "delete", "bmp", name)
         assert "deleted" in out
         await eventually(
