@@ -1,0 +1,222 @@
+"""Kubernetes pool source: ``BaseModelPool`` objects and their Services' EndpointSlices.
+
+Two watches in one namespace (kubernetes_asyncio), each list-then-watch from the list's
+``resourceVersion``, relisting after a 410 Gone or a dropped connection:
+
+* ``basemodelpools.loraplex.dev/v1alpha1`` — pool name → ``spec.baseModel``;
+* ``discovery.k8s.io/v1`` EndpointSlices labelled ``kubernetes.io/service-name``.
+
+The operator names each pool's Service ``<pool name>-worker``
+(``loraplex.operator.resources.Pool.workload_name``) — that naming is the contract read here;
+the router does not import the operator. Only *ready*, non-terminating endpoints count
+(``conditions.ready`` absent means ready, as Kubernetes defines it). :func:`pool_endpoints`
+is the pure part: objects in, ``{base model: [worker URL, …]}`` out.
+
+RBAC: ``get/list/watch`` on ``basemodelpools`` and ``endpointslices`` in the namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+from loraplex.router.pools import PoolRegistry
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "loraplex.dev", "v1alpha1", "basemodelpools"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+RELIST_BACKOFF_S = 1.0
+WATCH_TIMEOUT_S = 300  # server-side watch timeout; the loop re-watches from the last version
+
+
+def service_name(pool_name: str) -> str:
+    """The Service the operator creates for a pool (``loraplex.operator.resources``)."""
+    return f"{pool_name}-worker"
+
+
+def slice_urls(endpoint_slice: Mapping[str, Any]) -> list[str]:
+    """``http://addr:port`` for every ready, non-terminating endpoint of one EndpointSlice."""
+    ports = endpoint_slice.get("ports") or []
+    port = next((p.get("port") for p in ports if p.get("name") == "http"), None)
+    if port is None and ports:
+        port = ports[0].get("port")
+    if port is None:
+        return []
+    ipv6 = endpoint_slice.get("addressType") == "IPv6"
+    urls = []
+    for endpoint in endpoint_slice.get("endpoints") or []:
+        conditions = endpoint.get("conditions") or {}
+        if conditions.get("ready") is False or conditions.get("terminating") is True:
+            continue
+        for address in endpoint.get("addresses") or []:
+            host = f"[{address}]" if ipv6 else address
+            urls.append(f"http://{host}:{port}")
+    return urls
+
+
+def pool_endpoints(
+    pools: Mapping[str, str], slices: Mapping[str, Mapping[str, Any]]
+) -> dict[str, list[str]]:
+    """Pure: pool name → base model, and EndpointSlices by name → base model → worker URLs."""
+    by_service: dict[str, list[str]] = {}
+    for endpoint_slice in slices.values():
+        labels = (endpoint_slice.get("metadata") or {}).get("labels") or {}
+        service = labels.get(SERVICE_NAME_LABEL)
+        if service:
+            by_service.setdefault(service, []).extend(slice_urls(endpoint_slice))
+    result: dict[str, list[str]] = {}
+    for pool_name, base in sorted(pools.items()):
+        result.setdefault(base, []).extend(by_service.get(service_name(pool_name), []))
+    return {base: sorted(set(urls)) for base, urls in result.items()}
+
+
+class KubernetesPoolSource:
+    """Keeps a :class:`PoolRegistry` equal to the pools and ready endpoints in ``namespace``."""
+
+    def __init__(self, namespace: str, api_client: client.ApiClient | None = None) -> None:
+        self.namespace = namespace
+        self._api = api_client
+        self._pools: dict[str, str] = {}  # pool name -> base model
+        self._slices: dict[str, dict[str, Any]] = {}
+        self._listed = {"pools": False, "slices": False}
+        self._registry: PoolRegistry | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, registry: PoolRegistry) -> None:
+        self._registry = registry
+        if self._api is None:
+            await _load_config()
+            self._api = client.ApiClient()
+        custom = client.CustomObjectsApi(self._api)
+        discovery = client.DiscoveryV1Api(self._api)
+        self._tasks = [
+            asyncio.create_task(
+                self._watch_forever(
+                    "pools",
+                    custom.list_namespaced_custom_object,
+                    (GROUP, VERSION, self.namespace, PLURAL),
+                    {},
+                    self._on_pool,
+                ),
+                name="loraplex-watch-pools",
+            ),
+            asyncio.create_task(
+                self._watch_forever(
+                    "slices",
+                    discovery.list_namespaced_endpoint_slice,
+                    (self.namespace,),
+                    {"label_selector": SERVICE_NAME_LABEL},
+                    self._on_slice,
+                ),
+                name="loraplex-watch-slices",
+            ),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._on_watch_done)
+
+    def _on_watch_done(self, task: asyncio.Task[None]) -> None:
+        """A watch that dies for good makes the router unready, so Kubernetes restarts it."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._registry is not None:
+            log.error("watch %s stopped: %r; marking the router not ready", task.get_name(), exc)
+            self._registry.synced = False
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        # Only cancellation is expected here; a watch that failed was already logged.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._api is not None:
+            await self._api.close()
+
+    def _on_pool(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        base = (obj.get("spec") or {}).get("baseModel")
+        if kind == "DELETED" or not base:
+            self._pools.pop(name, None)
+        else:
+            self._pools[name] = base
+
+    def _on_slice(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            self._slices.pop(name, None)
+        else:
+            self._slices[name] = dict(obj)
+
+    def _publish(self) -> None:
+        registry = self._registry
+        if registry is None or not all(self._listed.values()):
+            return
+        wanted = pool_endpoints(self._pools, self._slices)
+        for base in registry.served() - set(wanted):
+            registry.remove_pool(base)
+        for base, urls in wanted.items():
+            registry.set_pool(base, urls)
+        registry.synced = True
+
+    async def _watch_forever(
+        self,
+        what: str,
+        list_fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        apply: Callable[[str, Mapping[str, Any]], None],
+    ) -> None:
+        assert self._api is not None
+        while True:
+            try:
+                listing = await list_fn(*args, **kwargs, _preload_content=False)
+                body = await listing.json()
+                self._replace_all(what, body.get("items") or [], apply)
+                version = (body.get("metadata") or {}).get("resourceVersion")
+                async with watch.Watch() as stream:
+                    async for event in stream.stream(
+                        list_fn,
+                        *args,
+                        **kwargs,
+                        resource_version=version,
+                        timeout_seconds=WATCH_TIMEOUT_S,
+                    ):
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            apply(event["type"], event["raw_object"])
+                            self._publish()
+            except ApiException as exc:
+                if exc.status != 410:
+                    log.warning("watch of %s failed (%s); relisting", what, exc.status)
+                    await asyncio.sleep(RELIST_BACKOFF_S)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("watch of %s lost (%r); relisting", what, exc)
+                await asyncio.sleep(RELIST_BACKOFF_S)
+
+    def _replace_all(
+        self,
+        what: str,
+        items: list[Mapping[str, Any]],
+        apply: Callable[[str, Mapping[str, Any]], None],
+    ) -> None:
+        if what == "pools":
+            self._pools.clear()
+        else:
+            self._slices.clear()
+        for item in items:
+            apply("ADDED", item)
+        self._listed[what] = True
+        self._publish()
+
+
+async def _load_config() -> None:
+    """In-cluster credentials in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+    else:
+        await config.load_kube_config()
