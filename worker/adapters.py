@@ -183,3 +183,32 @@ def choose_weight_file(repo_id: str, filenames: Iterable[str]) -> str:
             "load pickle because it can run code — convert the adapter to .safetensors"
         )
     raise NotServable(f"{repo_id} has no .safetensors weight file; is it a LoRA adapter repo?")
+
+
+@dataclass(frozen=True)
+class DiskEntry:
+    """One adapter commit in the HF cache (the disk tier)."""
+
+    key: AdapterKey
+    nbytes: int
+    last_used: float
+
+
+def disk_evictions(
+    entries: Iterable[DiskEntry], capacity_bytes: int, protected: frozenset[str] = frozenset()
+) -> list[DiskEntry]:
+    """Entries to delete, least recently used first, until the rest fit in ``capacity_bytes``.
+
+    Repos in ``protected`` (the base model) are never chosen, and count toward the total.
+    """
+    entries = list(entries)
+    total = sum(e.nbytes for e in entries)
+    chosen = []
+    for entry in sorted(entries, key=lambda e: e.last_used):
+        if total <= capacity_bytes:
+            break
+        if entry.key.repo_id in protected:
+            continue
+        chosen.append(entry)
+        total -= entry.nbytes
+    return chosen

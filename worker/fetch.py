@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download, try_to_load_from_cache
+from huggingface_hub import (
+    HfApi,
+    hf_hub_download,
+    scan_cache_dir,
+    snapshot_download,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -30,7 +36,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from loraplex.worker.adapters import AdapterKey, choose_weight_file
+from loraplex.worker.adapters import AdapterKey, DiskEntry, choose_weight_file, disk_evictions
 
 from loraplex.contract import AdapterRef
 from loraplex.errors import (
@@ -72,6 +78,7 @@ class HubFetcher:
         self._clock = clock
         self._branches: dict[tuple[str, str], tuple[str, float]] = {}
         self._files: dict[AdapterKey, WeightFile] = {}
+        self._used: dict[AdapterKey, float] = {}  # our own record: atime is often off (noatime)
         self._lock = threading.Lock()
 
     def resolve(self, ref: AdapterRef, token: str | None) -> AdapterKey:
@@ -137,7 +144,24 @@ class HubFetcher:
                 )
             )
         self._check_size(weight, path.stat().st_size)
+        self._used[weight.key] = time.time()
         return path
+
+    def trim_disk(self, capacity_bytes: int, protected: frozenset[str]) -> list[AdapterKey]:
+        """Delete least recently used adapter commits from the HF cache beyond the budget."""
+        info = scan_cache_dir(self.cache_dir)
+        entries = []
+        for repo in info.repos:
+            for rev in repo.revisions:
+                key = AdapterKey(repo.repo_id, rev.commit_hash)
+                last = max(self._used.get(key, 0.0), repo.last_accessed)
+                entries.append(DiskEntry(key, rev.size_on_disk, last))
+        evict = disk_evictions(entries, capacity_bytes, protected)
+        if evict:
+            info.delete_revisions(*(e.key.commit for e in evict)).execute()
+            for entry in evict:
+                self._used.pop(entry.key, None)
+        return [e.key for e in evict]
 
     def snapshot(self, repo_id: str, revision: str, token: str | None) -> tuple[Path, str]:
         """Download a base pipeline (safetensors and configs only); returns (folder, commit)."""

@@ -168,6 +168,8 @@ class Engine:
         tier = SwitchTier.DISK
         if path is None:
             path, tier = self.fetcher.download(weight, token), SwitchTier.HUB
+            protected = frozenset({self.settings.base_model, key.repo_id})
+            self.fetcher.trim_disk(self.settings.disk_cache_bytes, protected)
         converted = convert(
             type(self.pipe), path, self.unet, self.layout, dtype=self.dtype, pin_memory=self.cuda
         )

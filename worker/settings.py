@@ -76,6 +76,13 @@ class WorkerSettings(ComponentSettings):
         description="Host RAM (pinned on CUDA) for converted adapters, bytes (default 8 GiB). "
         "A host hit is one host→device copy; a miss reads and converts the file from disk.",
     )
+    disk_cache_bytes: int = Field(
+        default=50 * 1024 * MIB,
+        ge=0,
+        description="HF cache budget for adapter files, bytes (default 50 GiB ≈ 500 SD-1.5 "
+        "LoRAs at 100 MB). After each download the least recently used adapter commits beyond "
+        "it are deleted; the base model's files are never deleted and count toward it.",
+    )
     max_adapter_bytes: int = Field(
         default=512 * MIB,
         ge=1,

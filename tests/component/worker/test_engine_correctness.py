@@ -203,3 +203,23 @@ def test_adapter_over_the_size_limit_is_refused_before_download(engine, referenc
         engine.fetcher.max_adapter_bytes = engine.settings.max_adapter_bytes
     engine.switch_to(None)
     assert_matches(engine, references, None)
+
+
+def test_disk_tier_is_trimmed_to_its_budget_keeping_the_base(hub_cache: Path, tmp_path) -> None:
+    from huggingface_hub import scan_cache_dir
+    from loraplex.worker.fetch import HubFetcher
+
+    fetcher = HubFetcher(cache_dir=tmp_path, max_adapter_bytes=2**30, branch_ttl_s=60)
+    fetcher.snapshot(TINY_SD, "main", None)
+    keys = []
+    for repo in (LORA_R4, LORA_R8_ALPHA16, LORA_KOHYA):
+        weight = fetcher.weight_file(fetcher.resolve(AdapterRef(repo_id=repo), None), None)
+        fetcher.download(weight, None)
+        keys.append(weight.key)
+    sizes = {r.repo_id: r.size_on_disk for r in scan_cache_dir(tmp_path).repos}
+    budget = sizes[TINY_SD] + sizes[LORA_KOHYA] + sizes[LORA_R8_ALPHA16]
+    evicted = fetcher.trim_disk(budget, frozenset({TINY_SD}))
+    assert evicted == [keys[0]]  # the least recently used adapter
+    left = {r.repo_id for r in scan_cache_dir(tmp_path).repos if r.revisions}
+    assert left == {TINY_SD, LORA_R8_ALPHA16, LORA_KOHYA}
+    assert fetcher.trim_disk(0, frozenset({TINY_SD})) == keys[1:]

@@ -96,3 +96,13 @@ def test_weight_file_rule_refuses_pickle_only_and_empty_repos() -> None:
         choose_weight_file("org/x", ["README.md", "pytorch_lora_weights.bin"])
     with pytest.raises(NotServable, match=r"no \.safetensors"):
         choose_weight_file("org/x", ["README.md"])
+
+
+def test_disk_evictions_drop_least_recently_used_and_never_the_protected_base() -> None:
+    from loraplex.worker.adapters import DiskEntry, disk_evictions
+
+    base = DiskEntry(AdapterKey("org/base", "b" * 40), 500, last_used=0.0)
+    old, mid, new = (DiskEntry(key(n), 100, last_used=float(n)) for n in (1, 2, 3))
+    assert disk_evictions([new, base, mid, old], 800, frozenset({"org/base"})) == []
+    assert disk_evictions([new, base, mid, old], 700, frozenset({"org/base"})) == [old]
+    assert disk_evictions([new, base, mid, old], 0, frozenset({"org/base"})) == [old, mid, new]
