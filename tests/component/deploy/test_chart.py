@@ -381,16 +381,12 @@ def test_operator_built_worker_pods_are_non_root() -> None:
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
-@pytest.mark.xfail(
-    reason="operator/resources.py does not yet set seccomp RuntimeDefault, a read-only root "
-    "with a /tmp emptyDir, or the images' UID 10001 on worker pods (reported to its owner)",
-    strict=False,
-)
-def test_operator_built_worker_pods_match_the_chart_hardening() -> None:
+def test_operator_built_worker_pods_match_the_chart_hardening(rendered_default) -> None:
     deployment, _ = operator_built_worker()
     pod = deployment["spec"]["template"]["spec"]
+    chart_pod = one(rendered_default, "Deployment", "lp-loraplex-router")["spec"]["template"]
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["runAsUser"] == chart_pod["spec"]["securityContext"]["runAsUser"]
     (container,) = pod["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
