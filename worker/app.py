@@ -4,6 +4,9 @@
 registry), the device executor, and — in the background, so ``/healthz`` answers at once — the
 engine (base download + load) and one warm-up generation. ``/readyz`` and ``/v1/generate``
 answer 503 until then. Endpoints are described in :mod:`loraplex.contract`.
+
+If the base cannot be loaded, ``/healthz`` answers 503 with the reason (as does ``/readyz``), so
+Kubernetes' liveness probe restarts the pod with backoff instead of leaving it unready forever.
 """
 
 from __future__ import annotations
@@ -97,10 +100,6 @@ class WorkerRuntime:
             host_cached_adapters=snap.host if snap else [],
             free_slots=snap.free_slots if snap else settings.max_adapter_slots,
         )
-
-
-def _counter_value(counter: object) -> float:
-    return counter._value.get()  # type: ignore[attr-defined]
 
 
 async def _warm(runtime: WorkerRuntime, factory: EngineFactory) -> None:

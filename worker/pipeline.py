@@ -160,8 +160,9 @@ class Engine:
         return Switch(tier, time.perf_counter() - started, key)
 
     def _load_new(self, key: AdapterKey, token: str | None) -> SwitchTier:
-        if key in self._slow.paths:
-            self._activate_slow(key, self._slow.paths[key][0])
+        known_slow = self._slow.paths.get(key)
+        if known_slow is not None and known_slow[0].exists():  # disk trimming may delete it
+            self._activate_slow(key, known_slow[0])
             return SwitchTier.SLOW
         weight = self.fetcher.weight_file(key, token)
         path = self.fetcher.cached_path(weight)
