@@ -32,3 +32,6 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # One line per outgoing HTTP call (Hub downloads, state polls) drowns the lines that matter.
+    for chatty in ("httpx", "httpx2", "httpcore", "huggingface_hub", "uvicorn.access"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,299 @@
+"""``loraplex up``: the embedded mode — router and workers on one machine, no cluster.
+
+The same router and worker code as on Kubernetes, wired together by a process supervisor:
+
+* ``--models DIR`` (default): every base-model repo in ``DIR/<org>/<name>/`` (one with a
+  ``model_index.json``) gets ``--replicas`` worker processes. Workers download the base and
+  adapters through huggingface_hub from a Hub-compatible server over ``DIR`` that runs inside
+  this process on loopback (:mod:`loraplex.localhub`), so the worker's real download, cache and
+  revision-pinning path runs unchanged. The router resolves ids with its local card source
+  (README.md cards in ``DIR``), so LoRA repos resolve to their base exactly as on the Hub.
+  ``--base-model ID`` (repeatable) serves only those bases of ``DIR``.
+* ``--hub --base-model ID [--base-model ID …]``: workers and router use the real Hub
+  (``HF_ENDPOINT``/``HF_TOKEN`` from the environment).
+
+On a CPU-only machine every worker gets ``cores / workers`` torch threads
+(``OMP_NUM_THREADS``, unless set), so N workers do not thrash each other's caches.
+
+Worker processes that die are restarted (:mod:`loraplex.supervise`); meanwhile the router
+retries on the other replicas. SIGINT/SIGTERM stop every child; children also die with us on
+SIGKILL (``PR_SET_PDEATHSIG``). Worker settings not given as flags come from the usual
+``LORAPLEX_WORKER_*`` variables, which the children inherit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from huggingface_hub.repocard import metadata_load
+
+from loraplex.ids import validate_model_id
+from loraplex.localhub import HubState, RepoStore, create_hub_app
+from loraplex.logs import configure_logging
+from loraplex.supervise import ChildSpec, Supervisor
+
+log = logging.getLogger("loraplex.up")
+
+READY_TIMEOUT_S = 600.0  # first start on a real Hub downloads gigabytes; the demo takes seconds
+
+
+@dataclass(frozen=True)
+class LocalRepos:
+    """What ``DIR`` holds: base-model repos and LoRA repos with the base their card names."""
+
+    bases: tuple[str, ...]
+    loras: dict[str, tuple[str, ...]]  # lora repo id -> base_model ids from its card
+
+
+def scan_models_dir(root: Path) -> LocalRepos:
+    """Find Hub-layout repos ``root/<org>/<name>/``: bases have ``model_index.json``."""
+    bases: list[str] = []
+    loras: dict[str, tuple[str, ...]] = {}
+    for repo_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
+        repo_id = f"{repo_dir.parent.name}/{repo_dir.name}"
+        if repo_dir.parent.name.startswith("."):
+            continue
+        validate_model_id(repo_id)
+        if (repo_dir / "model_index.json").is_file():
+            bases.append(repo_id)
+            continue
+        card = repo_dir / "README.md"
+        meta = metadata_load(card) if card.is_file() else None
+        if not meta or "lora" not in (meta.get("tags") or []) or meta.get("gated"):
+            continue
+        base = meta.get("base_model")
+        loras[repo_id] = tuple(base if isinstance(base, list) else [base] if base else [])
+    return LocalRepos(bases=tuple(bases), loras=loras)
+
+
+def free_port(host: str) -> int:
+    """A port the OS says is free now (tiny race until the child binds it; fine on loopback)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_specs(
+    bases: Sequence[str], replicas: int, env: dict[str, str], extra_args: Sequence[str] = ()
+) -> dict[str, list[ChildSpec]]:
+    """``replicas`` worker processes per base on free loopback ports, by base model."""
+    threads = str(max(1, (os.cpu_count() or 1) // (len(bases) * replicas)))
+    specs: dict[str, list[ChildSpec]] = {}
+    for base in bases:
+        for index in range(replicas):
+            port = free_port("127.0.0.1")
+            argv = [sys.executable, "-m", "loraplex", "worker", "--base-model", base]
+            argv += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
+            spec = ChildSpec(
+                name=f"worker {base} #{index}",
+                argv=argv,
+                env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), **env},
+                ready_url=f"http://127.0.0.1:{port}/readyz",
+            )
+            specs.setdefault(base, []).append(spec)
+    return specs
+
+
+def router_spec(
+    args: argparse.Namespace, pools: dict[str, list[str]], env: dict[str, str]
+) -> ChildSpec:
+    argv = [
+        sys.executable,
+        "-m",
+        "loraplex",
+        "router",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--static-pools",
+        json.dumps(pools),
+    ]
+    if not args.hub:
+        argv += ["--models-dir", str(args.models)]
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    return ChildSpec(
+        name="router", argv=argv, env=env, ready_url=f"http://{host}:{args.port}/readyz"
+    )
+
+
+def usage_lines(url: str, base: str, lora: str | None) -> list[str]:
+    """What we print once ready: the URL and copy-paste requests."""
+    lines = [
+        f"loraplex is serving on {url}",
+        f'  base:  curl -s {url}/models/{base} -d \'{{"inputs": "a red fox"}}\' -o base.png',
+    ]
+    if lora:
+        lines.append(
+            f'  LoRA:  curl -s {url}/models/{lora} -d \'{{"inputs": "a red fox"}}\' -o lora.png'
+        )
+        lines.append(
+            f"  seed's form: curl -s -H 'lora: {lora}' {url}/models/{base} "
+            '-d \'{"inputs": "a red fox"}\' -o lora2.png'
+        )
+    lines.append(f"  metrics: {url}/metrics   models: {url}/v1/models   (Ctrl-C stops)")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loraplex up",
+        description="Run a router and workers on this machine (no Kubernetes).",
+    )
+    parser.add_argument("--models", type=Path, help="folder of Hub-layout repos DIR/<org>/<name>/")
+    parser.add_argument(
+        "--hub",
+        action="store_true",
+        help="resolve and download through the real Hub instead of DIR",
+    )
+    parser.add_argument(
+        "--base-model",
+        action="append",
+        default=[],
+        help="with --hub: a base model to serve (repeatable)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="router listen address")
+    parser.add_argument("--port", type=int, default=8080, help="router port (default 8080)")
+    parser.add_argument("--replicas", type=int, default=1, help="workers per base (default 1)")
+    parser.add_argument(
+        "--cache-dir", type=Path, help="HF cache for the workers (default: a temporary folder)"
+    )
+    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.replicas < 1:
+        parser.error("--replicas must be at least 1")
+    if args.hub:
+        if not args.base_model:
+            parser.error("--hub needs at least one --base-model ID")
+        for base in args.base_model:
+            validate_model_id(base)
+    elif args.models is None or not args.models.is_dir():
+        parser.error(
+            f"--models must be a folder of Hub-layout repos (got {args.models}); "
+            "build demo models with: loraplex demo-models DIR"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    configure_logging(args.log_level, json_lines=args.log_json)
+    return asyncio.run(run(args))
+
+
+async def run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        cache_dir = args.cache_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="loraplex-hf-"))
+        )
+        env = {
+            "HF_HUB_CACHE": str(cache_dir),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "LORAPLEX_ROUTER_LOG_LEVEL": args.log_level,
+        }
+        if args.log_json:
+            env["LORAPLEX_ROUTER_LOG_JSON"] = "true"
+        hub_server: uvicorn.Server | None = None
+        if args.hub:
+            bases, example_lora = tuple(args.base_model), None
+        else:
+            repos = scan_models_dir(args.models)
+            if not repos.bases:
+                log.error("no base-model repo (with model_index.json) in %s", args.models)
+                return 2
+            bases = tuple(args.base_model) or repos.bases
+            unknown = sorted(set(bases) - set(repos.bases))
+            if unknown:
+                log.error(
+                    "--base-model %s: no such base (with model_index.json) in %s; bases there: %s",
+                    ", ".join(unknown),
+                    args.models,
+                    ", ".join(repos.bases),
+                )
+                return 2
+            example_lora = next(
+                (lora for lora, lora_bases in repos.loras.items() if set(lora_bases) & set(bases)),
+                None,
+            )
+            hub_server, hub_url = await start_local_hub(args.models)
+            env["HF_ENDPOINT"] = hub_url
+        try:
+            return await serve(args, bases, example_lora, env)
+        finally:
+            if hub_server is not None:
+                hub_server.should_exit = True
+
+
+async def start_local_hub(root: Path) -> tuple[uvicorn.Server, str]:
+    """Serve ``root`` as a Hub on loopback inside this process; return the server and its URL."""
+    port = free_port("127.0.0.1")
+    store = RepoStore(root)
+    app = create_hub_app(store, HubState.for_store(store, token=None))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
+        )
+    )
+    asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)  # uvicorn exposes no awaitable for "bound"
+    return server, f"http://127.0.0.1:{port}"
+
+
+async def serve(
+    args: argparse.Namespace, bases: Sequence[str], example_lora: str | None, env: dict[str, str]
+) -> int:
+    worker_args = ["--log-level", args.log_level.lower()]
+    worker_args += ["--json-logs"] if args.log_json else []
+    workers = worker_specs(bases, args.replicas, env, worker_args)
+    pools = {
+        base: [str(spec.ready_url).removesuffix("/readyz") for spec in specs]
+        for base, specs in workers.items()
+    }
+    all_workers = [spec for specs in workers.values() for spec in specs]
+    supervisor = Supervisor([*all_workers, router_spec(args, pools, env)])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await supervisor.start()
+    ready = asyncio.create_task(supervisor.wait_ready(READY_TIMEOUT_S))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            return 0  # stopped while starting
+        if ready.exception() is not None:
+            log.error("not ready after %.0f s; stopping", READY_TIMEOUT_S)
+            return 1
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        for line in usage_lines(f"http://{host}:{args.port}", bases[0], example_lora):
+            print(line, flush=True)
+        await stopped
+        return 0
+    finally:
+        for task in (ready, stopped):
+            task.cancel()
+        await asyncio.gather(ready, stopped, return_exceptions=True)
+        log.info("stopping %d processes", len(supervisor.children))
+        await supervisor.stop()
