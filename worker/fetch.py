@@ -6,12 +6,15 @@ router) is used instead of the worker's when given, so gated adapters a user may
 without the worker holding a token for them. Tokens are never logged or put in messages.
 
 Revision handling: a 40-hex commit is used as is (no network on a cache hit); a branch or tag is
-resolved to its commit once per ``branch_ttl_seconds``. The weight file chosen for a commit
-never changes, so it is remembered for the process's life.
+resolved to its commit once per ``branch_ttl_seconds``, and the last known commit is kept when
+the Hub is unreachable. Access control is the router's job (it resolves every model id with
+the user's token); the worker checks access only when it has to fetch from the Hub. The weight
+file chosen for a commit never changes, so it is remembered for the process's life.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -20,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from huggingface_hub import (
     HfApi,
     hf_hub_download,
@@ -48,6 +50,12 @@ from loraplex.errors import (
     UpstreamFailed,
 )
 
+try:  # huggingface_hub 2.x talks through httpx2; 1.x through httpx
+    from httpx2 import HTTPError as HubTransportError
+except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
+    from httpx import HTTPError as HubTransportError
+
+log = logging.getLogger(__name__)
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 BASE_MODEL_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
 
@@ -90,7 +98,14 @@ class HubFetcher:
             memo = self._branches.get((ref.repo_id, ref.revision))
         if memo and now - memo[1] < self.branch_ttl_s:
             return AdapterKey(ref.repo_id, memo[0])
-        weight = self._list(ref.repo_id, ref.revision, token)
+        try:
+            weight = self._list(ref.repo_id, ref.revision, token)
+        except UpstreamFailed:
+            if memo is None:
+                raise
+            # Stale beats failing: the commit was right a moment ago and its weights are cached.
+            log.warning("Hub unreachable; %s@%s stays at %s", ref.repo_id, ref.revision, memo[0])
+            return AdapterKey(ref.repo_id, memo[0])
         with self._lock:
             self._branches[(ref.repo_id, ref.revision)] = (weight.key.commit, now)
         return weight.key
@@ -199,7 +214,7 @@ def hub_errors(what: str, token: str | None) -> Iterator[None]:
         if status in (401, 403):
             raise _gated(what, token, status) from None
         raise UpstreamFailed(f"{what}: the Hub answered {status}; retry later") from None
-    except (httpx.HTTPError, LocalEntryNotFoundError) as exc:
+    except (HubTransportError, LocalEntryNotFoundError) as exc:
         raise UpstreamFailed(f"{what}: the Hub is unreachable ({type(exc).__name__})") from None
 
 

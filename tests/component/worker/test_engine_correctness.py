@@ -223,3 +223,24 @@ def test_disk_tier_is_trimmed_to_its_budget_keeping_the_base(hub_cache: Path, tm
     left = {r.repo_id for r in scan_cache_dir(tmp_path).repos if r.revisions}
     assert left == {TINY_SD, LORA_R8_ALPHA16, LORA_KOHYA}
     assert fetcher.trim_disk(0, frozenset({TINY_SD})) == keys[1:]
+
+
+def test_branch_resolution_survives_a_hub_outage_and_commits_need_no_hub(
+    isolated_hub_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from loraplex.worker.fetch import HubFetcher
+
+    from loraplex.errors import UpstreamFailed
+
+    point_client_at(monkeypatch, isolated_hub_server.url, tmp_path)
+    now = [0.0]
+    fetcher = HubFetcher(
+        cache_dir=tmp_path, max_adapter_bytes=2**30, branch_ttl_s=10, clock=lambda: now[0]
+    )
+    key = fetcher.resolve(AdapterRef(repo_id=LORA_R4), None)
+    isolated_hub_server.stop()
+    now[0] = 60.0  # past the TTL: the Hub is asked, fails, and the last commit is kept
+    assert fetcher.resolve(AdapterRef(repo_id=LORA_R4), None) == key
+    assert fetcher.resolve(AdapterRef(repo_id=LORA_R4, revision=key.commit), None) == key
+    with pytest.raises(UpstreamFailed, match="unreachable"):
+        fetcher.resolve(AdapterRef(repo_id=LORA_R8_ALPHA16), None)
