@@ -53,6 +53,11 @@ class WorkerAnswer:
     stream: AsyncIterator[bytes] | None = None
 
 
+class ReplicasLost(UpstreamFailed):
+    """Every ready replica failed before answering and none is ready now (e.g. one restarting):
+    the caller may hold for a ready replica and try again."""
+
+
 class _RetryableError(Exception):
     """This attempt failed before the answer started; another replica may succeed."""
 
@@ -112,7 +117,8 @@ class Forwarder:
                 f"every replica of {route.base_model} has a full queue; retry later",
                 retry_after_s=1,
             )
-        raise UpstreamFailed(
+        error = ReplicasLost if tried and not pool.ready_event.is_set() else UpstreamFailed
+        raise error(
             f"workers of {route.base_model} failed after {len(tried)} attempt(s) "
             f"({last_error}); retry later"
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from loraplex.router.forward import Forwarder, WorkerAnswer
+from loraplex.router.forward import Forwarder, ReplicasLost, WorkerAnswer
 from loraplex.router.metrics import NO_BASE, RouterMetrics
 from loraplex.router.pools import Pool, PoolRegistry
 from loraplex.router.resolve import Resolver, Route
@@ -81,7 +81,14 @@ class RouterService:
         inflight = self.metrics.inflight.labels(route.base_model)
         inflight.inc()
         try:
-            return await self.forwarder.generate(pool, route, request, deadline, call.token)
+            try:
+                return await self.forwarder.generate(pool, route, request, deadline, call.token)
+            except ReplicasLost:
+                if not call.wait_for_model:
+                    raise
+                # The only replicas failed (a worker restarting): hold once more, then retry.
+                await self._hold(pool, True, deadline)
+                return await self.forwarder.generate(pool, route, request, deadline, call.token)
         finally:
             inflight.dec()
 

@@ -179,6 +179,21 @@ async def test_failed_replica_is_retried_on_another(env: Env) -> None:
         broken.drop_connection = not broken.drop_connection
 
 
+async def test_lone_replica_failing_once_is_held_for_and_retried(tmp_path: Path) -> None:
+    """One replica whose connection drops (a restart): the request waits for it to be ready
+    again instead of failing."""
+    async with stub_workers(BASE, 1, drop_next=1) as (worker,):
+        settings = RouterSettings(
+            static_pools={BASE: [worker.url]},
+            models_dir=write_cards(tmp_path),
+            state_poll_interval_s=0.05,
+            hold_timeout_s=5,
+        )
+        async with serve_app(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as c:
+            resp = await c.post("/models/u/style", json=prompt(), timeout=10)
+            assert resp.status_code == 200 and len(worker.seen) == 2
+
+
 async def test_all_replicas_failing_is_502_and_worker_4xx_passes_through(env: Env) -> None:
     for worker in env.workers:
         worker.fail_status = 500
