@@ -15,11 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from fixtures.hub import hub_env_vars
 from fixtures.router_stubs import serve_app
 from huggingface_hub import HfApi
 from loraplex.router.app import create_app
@@ -73,9 +74,7 @@ async def wait_ready(urls: list[str], procs: list[subprocess.Popen]) -> None:
 @pytest.fixture(scope="module")
 def workers(
     hub_server, demo_models, tmp_path_factory
-) -> AsyncIterator[list[tuple[str, subprocess.Popen]]]:
-    from fixtures.hub import hub_env_vars
-
+) -> Iterator[list[tuple[str, subprocess.Popen]]]:
     env = hub_env_vars(hub_server.url, tmp_path_factory.mktemp("worker-hf"))
     ports = [free_port(), free_port()]
     procs = [
