@@ -124,6 +124,7 @@ def _check_shapes(pairs: Mapping[str, tuple[torch.Tensor, torch.Tensor]], unet: 
     modules = dict(unet.named_modules())
     for name, (a, b) in pairs.items():
         target = modules.get(name)
+        target = getattr(target, "base_layer", target)  # under a peft layer: the wrapped module
         if not isinstance(target, nn.Linear | nn.Conv2d):
             raise NotServable(
                 f"adapter targets {name!r}, which this base model does not have; it was made "

@@ -160,6 +160,7 @@ class Engine:
         return Switch(tier, time.perf_counter() - started, key)
 
     def _load_new(self, key: AdapterKey, token: str | None) -> SwitchTier:
+        self._deactivate()  # a slow adapter's peft layers must not be in the UNet we convert for
         known_slow = self._slow.paths.get(key)
         if known_slow is not None and known_slow[0].exists():  # disk trimming may delete it
             self._activate_slow(key, known_slow[0])

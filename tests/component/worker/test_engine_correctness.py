@@ -150,8 +150,11 @@ def test_every_tier_path_gives_the_same_image(engine: Engine, references: dict) 
 
 def test_slow_path_unloads_before_the_slot_is_used_again(engine: Engine, references: dict) -> None:
     text_encoder = next(s for s in ADAPTERS if s.has_text_encoder)
-    engine.switch_to(AdapterRef(repo_id=text_encoder.repo_id))
-    assert engine.switch_to(AdapterRef(repo_id=LORA_R4)).tier != SwitchTier.SLOW
+    r4 = AdapterRef(repo_id=LORA_R4)
+    engine.switch_to(None)
+    engine.cache.drop(engine.fetcher.resolve(r4, None))  # r4 must be converted while slow is on
+    assert engine.switch_to(AdapterRef(repo_id=text_encoder.repo_id)).tier == SwitchTier.SLOW
+    assert engine.switch_to(r4).tier in (SwitchTier.DISK, SwitchTier.HUB)
     assert_matches(engine, references, LORA_R4)
     assert engine.switch_to(AdapterRef(repo_id=text_encoder.repo_id)).tier == SwitchTier.SLOW
     assert_matches(engine, references, text_encoder.repo_id)
@@ -244,3 +247,31 @@ def test_branch_resolution_survives_a_hub_outage_and_commits_need_no_hub(
     assert fetcher.resolve(AdapterRef(repo_id=LORA_R4, revision=key.commit), None) == key
     with pytest.raises(UpstreamFailed, match="unreachable"):
         fetcher.resolve(AdapterRef(repo_id=LORA_R8_ALPHA16), None)
+
+
+@pytest.mark.parametrize(
+    ("rank", "targets", "reason"),
+    [
+        (2, ("to_q", "to_k", "to_v", "to_out.0"), "rank is above the slot rank 2"),
+        (8, ("to_q",), "outside the slot"),
+    ],
+)
+def test_adapters_that_do_not_fit_the_slot_are_sent_to_the_slow_path(
+    engine: Engine, demo_models, rank: int, targets: tuple[str, ...], reason: str
+) -> None:
+    from diffusers import StableDiffusionPipeline
+    from loraplex.worker.convert import convert
+    from loraplex.worker.slot import SlotLayout
+
+    spec = next(s for s in ADAPTERS if s.repo_id == LORA_R4)
+    layout = SlotLayout.for_model(engine.unet, rank, targets)
+    converted = convert(
+        StableDiffusionPipeline,
+        demo_models.path(spec.repo_id) / spec.weight_name,
+        engine.unet,
+        layout,
+        dtype=torch.float32,
+        pin_memory=False,
+    )
+    assert converted.flat is None
+    assert reason in (converted.slow_reason or "")
