@@ -275,3 +275,26 @@ def test_adapters_that_do_not_fit_the_slot_are_sent_to_the_slow_path(
     )
     assert converted.flat is None
     assert reason in (converted.slow_reason or "")
+
+
+def test_a_slow_path_load_that_fails_leaves_the_base_bit_exact(
+    engine: Engine, references: dict, demo_models, tmp_path: Path
+) -> None:
+    """A text-encoder LoRA whose text-encoder tensors have the wrong shape: the slot check
+    passes (its UNet part is fine) and diffusers fails half-way through loading."""
+    from loraplex.worker.adapters import AdapterKey
+    from safetensors.torch import load_file, save_file
+
+    spec = next(s for s in ADAPTERS if s.has_text_encoder)
+    tensors = load_file(demo_models.path(spec.repo_id) / spec.weight_name)
+    broken = {
+        k: torch.zeros(v.shape[0], v.shape[1] + 3) if k.startswith("text_encoder.") else v
+        for k, v in tensors.items()
+    }
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    save_file(broken, path)
+    engine.switch_to(AdapterRef(repo_id=LORA_R4))
+    with pytest.raises(NotServable, match="cannot be loaded on this base"):
+        engine._activate_slow(AdapterKey("org/broken", "f" * 40), path)  # the slow path itself
+    engine.switch_to(None)
+    assert_matches(engine, references, None)
