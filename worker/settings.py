@@ -119,8 +119,19 @@ class WorkerSettings(ComponentSettings):
     guidance_scale: float = Field(
         default=7.5, ge=0, description="Classifier-free guidance when the request names none."
     )
-    width: int = Field(default=512, ge=64, description="Width in pixels when not requested.")
-    height: int = Field(default=512, ge=64, description="Height in pixels when not requested.")
+    width: int | None = Field(
+        default=None,
+        ge=64,
+        multiple_of=8,
+        description="Width in pixels when the request names none. Default: the base's native "
+        "size (UNet sample size × VAE scale: 512 for SD-1.5, 1024 for SDXL, 64 for the demo).",
+    )
+    height: int | None = Field(
+        default=None,
+        ge=64,
+        multiple_of=8,
+        description="Height in pixels when the request names none (default: the base's native).",
+    )
     warmup_steps: int = Field(
         default=2,
         ge=1,
