@@ -275,25 +275,32 @@ async def test_models_health_ready(env: Env) -> None:
 
 
 async def test_openai_sdk_unchanged(env: Env) -> None:
-    from openai import AsyncOpenAI
+    from openai import OpenAI
 
-    client = AsyncOpenAI(base_url=f"{env.url}/v1", api_key="unused", max_retries=0)
-    result = await client.images.generate(
-        model="u/style", prompt="a fox", n=2, size="64x64", response_format="b64_json"
-    )
+    def client_code() -> tuple[object, object]:  # what a user writes, unchanged
+        client = OpenAI(base_url=f"{env.url}/v1", api_key="unused", max_retries=0)
+        b64 = client.images.generate(
+            model="u/style", prompt="a fox", n=2, size="64x64", response_format="b64_json"
+        )
+        url = client.images.generate(model="u/style", prompt="a fox", response_format="url")
+        return b64, url
+
+    result, as_url = await asyncio.to_thread(client_code)  # the router serves on this loop
     assert len(result.data) == 2
     for image in result.data:
         assert Image.open(io.BytesIO(base64.b64decode(image.b64_json))).format == "PNG"
-    as_url = await client.images.generate(model="u/style", prompt="a fox", response_format="url")
     assert as_url.data[0].url.startswith("data:image/png;base64,")
     sizes = {(r.width, r.height) for w in env.workers for r in w.seen}
     assert (64, 64) in sizes
 
 
 async def test_hf_inference_client_unchanged(env: Env) -> None:
-    from huggingface_hub import AsyncInferenceClient
+    from huggingface_hub import InferenceClient
 
-    client = AsyncInferenceClient(base_url=f"{env.url}/models/u/style")
-    image = await client.text_to_image("a fox", seed=7, num_inference_steps=2)
+    def client_code() -> Image.Image:  # what a user writes, unchanged
+        client = InferenceClient(base_url=f"{env.url}/models/u/style")
+        return client.text_to_image("a fox", seed=7, num_inference_steps=2)
+
+    image = await asyncio.to_thread(client_code)
     assert image.size == (8, 8)
     assert any(r.seed == 7 for w in env.workers for r in w.seen)
