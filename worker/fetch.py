@@ -3,7 +3,9 @@
 Everything goes through huggingface_hub, so ``HF_ENDPOINT``, ``HF_TOKEN`` and the cache folder
 behave as for any Hub user. A request's own token (``Authorization: Bearer``, forwarded by the
 router) is used instead of the worker's when given, so gated adapters a user may read work
-without the worker holding a token for them. Tokens are never logged or put in messages.
+without the worker holding a token for them; otherwise the worker's own token (``HF_TOKEN`` or
+the token file, read with ``huggingface_hub.get_token``) is passed explicitly, so it also works
+where implicit tokens are disabled. Tokens are never logged or put in messages.
 
 Revision handling: a 40-hex commit is used as is (no network on a cache hit); a branch or tag is
 resolved to its commit once per ``branch_ttl_seconds``, and the last known commit is kept when
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from huggingface_hub import (
     HfApi,
+    get_token,
     hf_hub_download,
     scan_cache_dir,
     snapshot_download,
@@ -120,6 +123,7 @@ class HubFetcher:
         return known
 
     def _list(self, repo_id: str, revision: str, token: str | None) -> WeightFile:
+        token = token or get_token()
         with hub_errors(f"adapter {repo_id}@{revision}", token):
             info = HfApi(token=token).model_info(repo_id, revision=revision, files_metadata=True)
         siblings = {s.rfilename: s.size for s in info.siblings or []}
@@ -148,6 +152,7 @@ class HubFetcher:
         return Path(found) if isinstance(found, str) else None
 
     def download(self, weight: WeightFile, token: str | None) -> Path:
+        token = token or get_token()
         with hub_errors(f"adapter {weight.key}", token):
             path = Path(
                 hf_hub_download(
@@ -180,6 +185,7 @@ class HubFetcher:
 
     def snapshot(self, repo_id: str, revision: str, token: str | None) -> tuple[Path, str]:
         """Download a base pipeline (safetensors and configs only); returns (folder, commit)."""
+        token = token or get_token()
         with hub_errors(f"base model {repo_id}@{revision}", token):
             commit = HfApi(token=token).model_info(repo_id, revision=revision).sha or revision
             folder = snapshot_download(

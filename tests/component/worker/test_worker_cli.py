@@ -1,5 +1,5 @@
-"""``loraplex worker`` as a real process: starts from the Hub, serves, and on SIGTERM finishes
-the request in progress before exiting."""
+"""``loraplex worker`` as a real process: starts from the Hub, reads a gated adapter with its
+own ``HF_TOKEN``, serves, and on SIGTERM finishes the request in progress before exiting."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def ready(url: str) -> bool:
 
 
 def test_cli_worker_serves_and_finishes_the_request_in_progress_on_sigterm(
-    hub_server, tmp_path: Path
+    hub_server, demo_models, tmp_path: Path
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -56,6 +56,7 @@ def test_cli_worker_serves_and_finishes_the_request_in_progress_on_sigterm(
         "LORAPLEX_WORKER_HEIGHT": "64",
         "LORAPLEX_WORKER_SLOT_RANK": "8",
         "LORAPLEX_WORKER_WARMUP_STEPS": "1",
+        "HF_TOKEN": hub_server.gated_token,  # the worker's own token opens gated adapters
     }
     cmd = [sys.executable, "-m", "loraplex", "worker", "--base-model", TINY_SD]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -64,6 +65,8 @@ def test_cli_worker_serves_and_finishes_the_request_in_progress_on_sigterm(
     )
     try:
         wait_for(lambda: ready(url), START_DEADLINE_S, proc)
+        gated = {"prompt": "x", "seed": 1, "adapter": {"repo_id": demo_models.test_repos.gated}}
+        assert httpx.post(f"{url}/v1/generate", json=gated, timeout=60).status_code == 200
         result: dict[str, httpx.Response] = {}
         body = {"prompt": "a long one", "num_inference_steps": 60, "seed": 1}
 
