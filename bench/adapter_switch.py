@@ -142,65 +142,74 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     args = parser.parse_args()
-    reps_slow, reps_fast, n_adapters, n_switches = (
-        (3, 50, 8, 100) if args.quick else (8, 200, 50, 1000)
-    )
     pin_malloc_thresholds()  # as `loraplex worker` does at start-up
     torch.set_grad_enabled(False)
     diffusers_logging.set_verbosity_error()  # one "no text-encoder keys" line per load otherwise
     with tempfile.TemporaryDirectory(prefix="loraplex-bench-") as tmp:
-        root = Path(tmp)
-        pipe = sd15_pipeline()
-        refs = write_adapters(pipe, root, n_adapters)
-        paths = [root / r.repo_id / WEIGHT for r in refs]
-        adapter_mb = paths[0].stat().st_size / MB
-        seed_ms = bench_seed(pipe, paths, reps_slow)
-        hotswap_ms = bench_hotswap(pipe, paths, reps_slow)
-
-        settings = WorkerSettings(
-            base_model="bench/sd15-shaped",
-            slot_rank=RANK,
-            resident_cache_bytes=0,
-            host_cache_bytes=2**40,
-            max_adapter_slots=0,
-        )
-        engine = Engine(settings, pipe, FolderFetcher(root))
-        slot_bytes = engine.slot.nbytes
-        disk_samples = []
-        for ref in refs[:4]:
-            started = time.perf_counter()
-            engine.switch_to(ref)
-            disk_samples.append((time.perf_counter() - started) * 1000)
-        host_ms, resident_ms, memcpy_ms = interleaved(engine, refs[:4], slot_bytes, reps_fast)
-        rss_growth_pct, loop_tiers = rss_loop(engine, refs, n_switches, slot_bytes)
-
+        ms, extra = measure(Path(tmp), quick=args.quick)
     result = {
-        "adapter_mb": round(adapter_mb, 1),
-        "memcpy_ms": round(memcpy_ms, 3),
-        "seed_ms": round(seed_ms, 1),
-        "hotswap_ms": round(hotswap_ms, 1),
-        "host_ms": round(host_ms, 3),
-        "resident_ms": round(resident_ms, 3),
-        "seed_over_host": round(seed_ms / host_ms, 1),
-        "host_over_memcpy": round(host_ms / memcpy_ms, 2),
-        "rss_growth_pct": round(rss_growth_pct, 2),
+        "adapter_mb": round(extra["adapter_mb"], 1),
+        "memcpy_ms": round(ms["memcpy"], 3),
+        "seed_ms": round(ms["seed"], 1),
+        "hotswap_ms": round(ms["hotswap"], 1),
+        "host_ms": round(ms["host"], 3),
+        "resident_ms": round(ms["resident"], 3),
+        "seed_over_host": round(ms["seed"] / ms["host"], 1),
+        "host_over_memcpy": round(ms["host"] / ms["memcpy"], 2),
+        "rss_growth_pct": round(extra["rss_growth_pct"], 2),
     }
-    print(f"SD-1.5-shaped UNet, rank-{RANK} LoRA on {', '.join(TARGETS)}: {adapter_mb:.1f} MB")
+    targets = ", ".join(TARGETS)
+    print(f"SD-1.5-shaped UNet, rank-{RANK} LoRA on {targets}: {extra['adapter_mb']:.1f} MB")
     print(f"{'path':<34}{'ms/switch (median)':>20}")
-    for label, value in [
-        ("seed: load+fuse, unfuse+unload", seed_ms),
-        ("diffusers hotswap", hotswap_ms),
-        ("loraplex disk (read + convert)", statistics.median(disk_samples)),
-        ("loraplex host tier", host_ms),
-        ("loraplex resident tier", resident_ms),
-        ("memcpy of the same bytes", memcpy_ms),
+    for label, key in [
+        ("seed: load+fuse, unfuse+unload", "seed"),
+        ("diffusers hotswap", "hotswap"),
+        ("loraplex disk (read + convert)", "disk"),
+        ("loraplex host tier", "host"),
+        ("loraplex resident tier", "resident"),
+        ("memcpy of the same bytes", "memcpy"),
     ]:
-        print(f"{label:<34}{value:>20.3f}")
-    print(
-        f"{n_switches} switches over {n_adapters} adapters, tiers {loop_tiers}: "
-        f"RSS growth {rss_growth_pct:.2f}% after the caches filled"
-    )
+        print(f"{label:<34}{ms[key]:>20.3f}")
+    print(extra["loop"])
     print(json.dumps(result))
+
+
+def measure(root: Path, *, quick: bool) -> tuple[dict[str, float], dict]:
+    """Every timing (ms per switch) plus the adapter size and the RSS loop's outcome."""
+    reps_slow, reps_fast, n_adapters, n_switches = (3, 50, 8, 100) if quick else (8, 200, 50, 1000)
+    pipe = sd15_pipeline()
+    refs = write_adapters(pipe, root, n_adapters)
+    paths = [root / r.repo_id / WEIGHT for r in refs]
+    ms = {
+        "seed": bench_seed(pipe, paths, reps_slow),
+        "hotswap": bench_hotswap(pipe, paths, reps_slow),
+    }
+    settings = WorkerSettings(
+        base_model="bench/sd15-shaped",
+        slot_rank=RANK,
+        resident_cache_bytes=0,
+        host_cache_bytes=2**40,
+        max_adapter_slots=0,
+    )
+    engine = Engine(settings, pipe, FolderFetcher(root))
+    ms["disk"] = statistics.median(
+        timed_once(lambda r=ref: engine.switch_to(r)) for ref in refs[:4]
+    )
+    ms["host"], ms["resident"], ms["memcpy"] = interleaved(
+        engine, refs[:4], engine.slot.nbytes, reps_fast
+    )
+    growth, tiers = rss_loop(engine, refs, n_switches, engine.slot.nbytes)
+    loop = (
+        f"{n_switches} switches over {n_adapters} adapters, tiers {tiers}: "
+        f"RSS growth {growth:.2f}% after the caches filled"
+    )
+    return ms, {"adapter_mb": paths[0].stat().st_size / MB, "rss_growth_pct": growth, "loop": loop}
+
+
+def timed_once(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1000
 
 
 def interleaved(
