@@ -21,7 +21,6 @@ generation at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import deque
@@ -128,6 +127,7 @@ class DeviceExecutor:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_group: Hashable = None
+        self._stopping = False
         self.in_flight = 0
         self.completed = 0
 
@@ -139,11 +139,11 @@ class DeviceExecutor:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="device-executor")
 
     async def stop(self) -> None:
-        """Stop taking jobs (the one running finishes first) and free the thread."""
+        """Stop taking jobs: the one running finishes and gets its answer; waiting ones get 503."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         self._pool.shutdown(wait=True)
         while (job := self.queue.pop(None)) is not None:
             _settle(job, exc=WarmingUp("the worker is shutting down; retry on another replica"))
@@ -179,7 +179,7 @@ class DeviceExecutor:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             job = self.queue.pop(self._last_group)
             self._on_change()
             if job is None:
