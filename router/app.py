@@ -33,6 +33,7 @@ from loraplex.router.service import CLIENT_CLOSED, GenerationCall
 from loraplex.router.settings import RouterSettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loraplex import __version__
 from loraplex.contract import ErrorBody, GenerationParameters, Headers, ImageFormat, Limits
@@ -224,9 +225,33 @@ def create_app(
         description="Serve thousands of LoRA adapters from a few warm base-model pools.",
     )
     install_handlers(app)
+    app.add_middleware(FormBodyIsJson)
     _add_generation_routes(app)
     _add_info_routes(app)
     return app
+
+
+class FormBodyIsJson:
+    """Read a POST body sent as ``application/x-www-form-urlencoded`` as JSON.
+
+    ``curl -d '{"inputs": …}'`` (the seed's documented call) sends that content type, and the
+    Hugging Face Inference API reads the body as JSON whatever its type; FastAPI would refuse
+    it. Every POST body of this API is JSON, so relabelling it is exact, not a guess.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [
+                (b"content-type", b"application/json")
+                if name == b"content-type" and value.startswith(b"application/x-www-form")
+                else (name, value)
+                for name, value in scope["headers"]
+            ]
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
 
 
 def _runtime(request: Request) -> RouterRuntime:

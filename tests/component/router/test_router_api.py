@@ -83,6 +83,17 @@ async def test_hf_api_routes_a_lora_and_returns_png(env: Env) -> None:
     assert resp.headers["x-loraplex-worker"] in {w.url for w in env.workers}
 
 
+async def test_curl_form_content_type_is_read_as_json(env: Env) -> None:
+    """``curl -d '{...}'`` sends application/x-www-form-urlencoded; the HF API reads JSON."""
+    body = b'{"inputs": "a red fox", "parameters": {"seed": 5}}'
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    resp = await env.client.post("/models/u/style", content=body, headers=form)
+    assert resp.status_code == 200, resp.text
+    assert [r.seed for w in env.workers for r in w.seen] == [5]
+    bad = await env.client.post("/models/u/style", content=b"inputs=a+fox", headers=form)
+    assert bad.status_code == 400 and "error" in bad.json()
+
+
 async def test_list_base_model_lora_header_and_accept(env: Env) -> None:
     resp = await env.client.post("/models/u/listed", json=prompt())
     assert resp.status_code == 200
