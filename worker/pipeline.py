@@ -188,6 +188,8 @@ class Engine:
     def _activate_slot(self, key: AdapterKey, value: torch.Tensor) -> None:
         self._unload_slow()
         self.slot.load(value)
+        if self.cuda:  # the copy is async: wait so switch_ms is the copy, not its launch
+            torch.cuda.current_stream(self.device).synchronize()
         self.active = key
 
     def _activate_slow(self, key: AdapterKey, path: Path) -> None:
