@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.utils.peft_utils import _create_lora_config
 from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
 from loraplex.worker.slot import SlotLayout
@@ -69,7 +70,11 @@ def convert(
     check_safetensors(path)
     try:
         state_dict, alphas, metadata = pipeline_cls.lora_state_dict(
-            str(path.parent), weight_name=path.name, use_safetensors=True, return_lora_metadata=True
+            str(path.parent),
+            weight_name=path.name,
+            use_safetensors=True,
+            return_lora_metadata=True,
+            **_loader_kwargs(pipeline_cls, unet),
         )
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         raise NotServable(f"{path.name} is not a LoRA this worker can read: {exc}") from None
@@ -100,6 +105,14 @@ def convert(
     scales = _scales(unet_sd, pairs, alphas, metadata)
     weights = {m: (a, b, scales[m]) for m, (a, b) in pairs.items()}
     return Converted(layout.pack(weights, dtype=dtype, pin_memory=pin_memory))
+
+
+def _loader_kwargs(pipeline_cls: type, unet: nn.Module) -> dict[str, object]:
+    """What the pipeline's own ``load_lora_weights`` adds: SDXL maps kohya's SGM block names
+    with the UNet config; SD 1.x/2.x does not (and must not)."""
+    if issubclass(pipeline_cls, StableDiffusionXLLoraLoaderMixin):
+        return {"unet_config": unet.config}
+    return {}
 
 
 def _pairs(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:

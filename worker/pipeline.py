@@ -99,6 +99,11 @@ class Engine:
         self.pipe = pipe
         self.fetcher = fetcher
         self.base_commit = base_commit
+        if getattr(pipe, "unet", None) is None:
+            raise NotServable(
+                f"base {settings.base_model} ({type(pipe).__name__}) has no UNet; this worker "
+                "serves UNet pipelines (Stable Diffusion 1.x/2.x, SDXL)"
+            )
         self.unet = pipe.unet
         self.device = self.unet.device
         self.dtype = self.unet.dtype
