@@ -1,7 +1,8 @@
 """Kubernetes pool source: ``BaseModelPool`` objects and their Services' EndpointSlices.
 
-Two watches in one namespace (kubernetes_asyncio), each list-then-watch from the list's
-``resourceVersion``, relisting after a 410 Gone or a dropped connection:
+Two watches (kubernetes_asyncio) in one namespace, or in all of them when ``namespace`` is
+``""``, each list-then-watch from the list's ``resourceVersion``, relisting after a 410 Gone or
+a dropped connection:
 
 * ``basemodelpools.loraplex.dev/v1alpha1`` — pool name → ``spec.baseModel``;
 * ``discovery.k8s.io/v1`` EndpointSlices labelled ``kubernetes.io/service-name``.
@@ -12,7 +13,9 @@ the router does not import the operator. Only *ready*, non-terminating endpoints
 (``conditions.ready`` absent means ready, as Kubernetes defines it). :func:`pool_endpoints`
 is the pure part: objects in, ``{base model: [worker URL, …]}`` out.
 
-RBAC: ``get/list/watch`` on ``basemodelpools`` and ``endpointslices`` in the namespace.
+RBAC: ``get/list/watch`` on ``basemodelpools`` and ``endpointslices`` in the namespace (a
+ClusterRole for all namespaces). Objects are keyed ``<namespace>/<name>``, so pools of the
+same name in two namespaces stay apart.
 """
 
 from __future__ import annotations
@@ -64,17 +67,25 @@ def slice_urls(endpoint_slice: Mapping[str, Any]) -> list[str]:
 def pool_endpoints(
     pools: Mapping[str, str], slices: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, list[str]]:
-    """Pure: pool name → base model, and EndpointSlices by name → base model → worker URLs."""
+    """Pure: pools (``[namespace/]name`` → base model) and EndpointSlices → base → worker URLs."""
     by_service: dict[str, list[str]] = {}
     for endpoint_slice in slices.values():
-        labels = (endpoint_slice.get("metadata") or {}).get("labels") or {}
-        service = labels.get(SERVICE_NAME_LABEL)
+        metadata = endpoint_slice.get("metadata") or {}
+        service = (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL)
         if service:
-            by_service.setdefault(service, []).extend(slice_urls(endpoint_slice))
+            key = f"{metadata.get('namespace') or ''}/{service}"
+            by_service.setdefault(key, []).extend(slice_urls(endpoint_slice))
     result: dict[str, list[str]] = {}
-    for pool_name, base in sorted(pools.items()):
-        result.setdefault(base, []).extend(by_service.get(service_name(pool_name), []))
+    for pool_key, base in sorted(pools.items()):
+        namespace, _, pool_name = pool_key.rpartition("/")
+        service_key = f"{namespace}/{service_name(pool_name)}"
+        result.setdefault(base, []).extend(by_service.get(service_key, []))
     return {base: sorted(set(urls)) for base, urls in result.items()}
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    metadata = obj["metadata"]
+    return f"{metadata.get('namespace') or ''}/{metadata['name']}"
 
 
 class KubernetesPoolSource:
@@ -96,25 +107,23 @@ class KubernetesPoolSource:
             self._api = client.ApiClient()
         custom = client.CustomObjectsApi(self._api)
         discovery = client.DiscoveryV1Api(self._api)
+        if self.namespace:
+            list_pools = (
+                custom.list_namespaced_custom_object,
+                (GROUP, VERSION, self.namespace, PLURAL),
+            )
+            list_slices = (discovery.list_namespaced_endpoint_slice, (self.namespace,))
+        else:  # "" = every namespace (the chart's cluster-wide mode)
+            list_pools = (custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL))
+            list_slices = (discovery.list_endpoint_slice_for_all_namespaces, ())
+        selector = {"label_selector": SERVICE_NAME_LABEL}
         self._tasks = [
             asyncio.create_task(
-                self._watch_forever(
-                    "pools",
-                    custom.list_namespaced_custom_object,
-                    (GROUP, VERSION, self.namespace, PLURAL),
-                    {},
-                    self._on_pool,
-                ),
+                self._watch_forever("pools", *list_pools, {}, self._on_pool),
                 name="loraplex-watch-pools",
             ),
             asyncio.create_task(
-                self._watch_forever(
-                    "slices",
-                    discovery.list_namespaced_endpoint_slice,
-                    (self.namespace,),
-                    {"label_selector": SERVICE_NAME_LABEL},
-                    self._on_slice,
-                ),
+                self._watch_forever("slices", *list_slices, selector, self._on_slice),
                 name="loraplex-watch-slices",
             ),
         ]
@@ -139,7 +148,7 @@ class KubernetesPoolSource:
             await self._api.close()
 
     def _on_pool(self, kind: str, obj: Mapping[str, Any]) -> None:
-        name = obj["metadata"]["name"]
+        name = _key(obj)
         base = (obj.get("spec") or {}).get("baseModel")
         if kind == "DELETED" or not base:
             self._pools.pop(name, None)
@@ -147,7 +156,7 @@ class KubernetesPoolSource:
             self._pools[name] = base
 
     def _on_slice(self, kind: str, obj: Mapping[str, Any]) -> None:
-        name = obj["metadata"]["name"]
+        name = _key(obj)
         if kind == "DELETED":
             self._slices.pop(name, None)
         else:

@@ -36,7 +36,9 @@ class RouterSettings(ComponentSettings):
         description="Base model id → worker base URLs (JSON), for the static pool source.",
     )
     namespace: str = Field(
-        "loraplex", description="Kubernetes namespace of the BaseModelPool objects to watch."
+        "loraplex",
+        description="Kubernetes namespace of the BaseModelPool objects to watch; empty: all "
+        "namespaces (needs a ClusterRole, as the chart's operator.clusterWide mode sets up).",
     )
     state_poll_interval_s: float = Field(
         1.0,

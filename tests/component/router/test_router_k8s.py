@@ -56,17 +56,22 @@ def test_pool_endpoints_pure() -> None:
         "c": endpoint_slice("c", "unrelated", 80, {"10.0.0.9": True}),
     }
     slices["b"]["endpoints"][0]["conditions"] = {}  # absent "ready" means ready
-    got = pool_endpoints({"tiny": BASE, "empty": "org/other"}, slices)
+    pools = {f"{TEST_NAMESPACE}/tiny": BASE, f"{TEST_NAMESPACE}/empty": "org/other"}
+    got = pool_endpoints(pools, slices)
     assert got == {BASE: ["http://10.0.0.1:8000", "http://10.0.0.3:8000"], "org/other": []}
+    # A pool of the same name in another namespace does not take these endpoints.
+    assert pool_endpoints({"elsewhere/tiny": BASE}, slices) == {BASE: []}
     v6 = {**endpoint_slice("d", "s", 80, {"fd00::1": True}), "addressType": "IPv6"}
     assert slice_urls(v6) == ["http://[fd00::1]:80"]
 
 
-@pytest.fixture
-async def routed(k8s, k8s_kubeconfig: Path) -> AsyncIterator[tuple[httpx.AsyncClient, StubWorker]]:
+@pytest.fixture(params=[TEST_NAMESPACE, ""], ids=["namespaced", "all-namespaces"])
+async def routed(
+    request: pytest.FixtureRequest, k8s, k8s_kubeconfig: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, StubWorker]]:
     async with stub_workers(BASE, 1) as (worker,):
         settings = RouterSettings(state_poll_interval_s=0.05, hold_timeout_s=0.2)
-        app = create_app(settings, pool_source=KubernetesPoolSource(TEST_NAMESPACE))
+        app = create_app(settings, pool_source=KubernetesPoolSource(request.param))
         async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
             yield client, worker
 
