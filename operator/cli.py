@@ -1,8 +1,10 @@
 """``loraplex operator [--namespace NS ... | --all-namespaces]``: run the BaseModelPool operator.
 
-kopf logs in with the standard chain (in-cluster service account, else kubeconfig) and, unless
-``LORAPLEX_OPERATOR_PEERING`` is empty or ``--standalone`` is given, uses kopf peering so that
-of several operator replicas only one handles pools at a time.
+kopf logs in with the standard chain (in-cluster service account, else kubeconfig). Peering
+keeps several operator replicas from all handling pools: with a name in
+``LORAPLEX_OPERATOR_PEERING`` it is mandatory; without one, kopf's auto mode peers through the
+``default`` peering object when it exists and runs standalone otherwise; ``--standalone``
+turns it off.
 """
 
 from __future__ import annotations
@@ -57,12 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # handlers); a registry of our own keeps this process free of kopf's global one.
     registry = SmartOperatorRegistry()
     register(registry, settings)
-    standalone = args.standalone or not settings.peering
+    # peering_name given: peering is mandatory; None: kopf's auto mode ("default" if present).
     asyncio.run(
         kopf.operator(
             registry=registry,
-            standalone=standalone,
-            peering_name=None if standalone else settings.peering,
+            standalone=True if args.standalone else None,
+            peering_name=None if args.standalone else (settings.peering or None),
             clusterwide=args.all_namespaces,
             namespaces=args.namespace,
         )

@@ -132,6 +132,8 @@ async def tick(
         logger.info("scaled %d → %d: %s", current, decision.replicas, decision.reason)
         patch.status["lastScaleTime"] = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
         patch.status["lastScaleReason"] = decision.reason
+    else:
+        logger.debug("keeping %d: %s", current, decision.reason)
     memory.last_written = decision.replicas
     runtime.metrics.record(
         pool.namespace, pool.name, pool.base_model, decision.replicas, obs.rate, obs.pending

@@ -83,10 +83,17 @@ class Kube:
         ns, name, kind = meta["namespace"], meta["name"], desired["kind"]
         try:
             if actual is None:
-                if kind == "Deployment":
-                    await self.apps.create_namespaced_deployment(ns, desired)
-                else:
-                    await self.core.create_namespaced_service(ns, desired)
+                try:
+                    if kind == "Deployment":
+                        await self.apps.create_namespaced_deployment(ns, desired)
+                    else:
+                        await self.core.create_namespaced_service(ns, desired)
+                except client.ApiException as exc:
+                    if exc.status != 409:
+                        raise
+                    # Created meanwhile (the pool's timer and its create handler can race);
+                    # the next tick compares and patches it like any other.
+                    return "already exists"
                 return "created"
             if not drifted(desired, actual):
                 return "unchanged"

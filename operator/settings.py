@@ -81,9 +81,11 @@ class OperatorSettings(ComponentSettings):
         description="Worker image for pools whose spec.worker.image is empty.",
     )
     peering: str = Field(
-        "loraplex",
-        description="kopf peering name, so that only one of several operator replicas handles "
-        "the pools; empty: standalone (no peering objects needed). Default loraplex.",
+        "",
+        description="kopf peering name: of several operator replicas only one handles the "
+        "pools; the KopfPeering object must exist (kopf's peering CRDs installed). Empty "
+        "(default): kopf's auto mode, which uses the peering object named 'default' if it "
+        "exists and runs standalone otherwise.",
     )
     cluster_scanning: bool = Field(
         False,
