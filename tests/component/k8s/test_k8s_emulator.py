@@ -219,3 +219,11 @@ async def test_namespaces_can_be_watched(k8s: K8sEmulator) -> None:
         lines = [json.loads(line) for line in (await resp.read()).splitlines() if line.strip()]
     assert {e["type"] for e in lines} == {"ADDED"}
     assert NS in {e["object"]["metadata"]["name"] for e in lines}
+
+
+async def test_core_discovery_names_group_version_v1(k8s: K8sEmulator) -> None:
+    status, core = await call(k8s, "GET", "/api/v1")
+    assert status == 200 and core["groupVersion"] == "v1"
+    by_name = {r["name"]: r for r in core["resources"]}
+    assert by_name["namespaces"]["namespaced"] is False
+    assert by_name["services"]["kind"] == "Service"

@@ -35,6 +35,8 @@ async def kubectl(binary: pathlib.Path, kubeconfig: pathlib.Path, *args: str) ->
         str(kubeconfig),
         "-n",
         TEST_NAMESPACE,
+        "--cache-dir",
+        str(kubeconfig.parent / "kube-cache"),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
