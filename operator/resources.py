@@ -162,6 +162,11 @@ def _metadata(pool: Pool) -> dict[str, Any]:
     }
 
 
+def grace_s(pool: Pool) -> int:
+    """terminationGracePeriodSeconds: long enough to finish an in-flight generation."""
+    return int(pool.worker.get("terminationGracePeriodSeconds", 120))
+
+
 def worker_env(pool: Pool) -> list[dict[str, Any]]:
     """The worker's settings (``LORAPLEX_WORKER_*``), the Hub token, then the user's env (last,
     so a user's entry with the same name wins)."""
@@ -173,6 +178,11 @@ def worker_env(pool: Pool) -> list[dict[str, Any]]:
         {"name": "LORAPLEX_WORKER_PORT", "value": str(WORKER_PORT)},
         {"name": "LORAPLEX_WORKER_DTYPE", "value": worker.get("dtype", "auto")},
         {"name": "LORAPLEX_WORKER_MAX_ADAPTER_SLOTS", "value": str(worker.get("adapterSlots", 4))},
+        # The worker finishes its running generation within this, before the kubelet's kill.
+        {
+            "name": "LORAPLEX_WORKER_SHUTDOWN_GRACE_SECONDS",
+            "value": str(max(0, grace_s(pool) - 10)),
+        },
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/hf"},
         {"name": "HOME", "value": "/tmp"},
     ]
@@ -243,7 +253,7 @@ def _pod_spec(pool: Pool) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "containers": [_container(pool)],
         # Long enough to finish an in-flight generation after SIGTERM.
-        "terminationGracePeriodSeconds": int(worker.get("terminationGracePeriodSeconds", 120)),
+        "terminationGracePeriodSeconds": grace_s(pool),
         "automountServiceAccountToken": False,  # workers never call the Kubernetes API
         "securityContext": {
             "runAsNonRoot": True,

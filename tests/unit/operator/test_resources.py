@@ -65,6 +65,7 @@ def test_deployment_carries_worker_settings_owner_and_probes() -> None:
         "LORAPLEX_WORKER_MAX_ADAPTER_SLOTS": "8",
         "LORAPLEX_WORKER_RESIDENT_CACHE_BYTES": str(2 * 2**30),
         "LORAPLEX_WORKER_HOST_CACHE_BYTES": "1000",
+        "LORAPLEX_WORKER_SHUTDOWN_GRACE_SECONDS": "290",
         "HF_HOME": "/models/hf",
         "HOME": "/tmp",
     }
