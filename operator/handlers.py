@@ -97,11 +97,19 @@ async def tick(
         return  # reconcile() reported it; a spec change re-runs reconcile
     try:
         deployment = await runtime.kube.read_deployment(pool.namespace, pool.workload_name)
+        service = await runtime.kube.read_service(pool.namespace, pool.workload_name)
         snapshot = await runtime.rates.read()
     except (client.ApiException, aiohttp.ClientError, httpx.HTTPError) as exc:
-        raise api_errors("reading the pool's Deployment and the routers' rates", exc) from exc
-    if deployment is None or res.drifted(_without_replicas(pool), deployment):
-        logger.warning("Deployment %s missing or changed by hand: repairing", pool.workload_name)
+        raise api_errors("reading the pool's objects and the routers' rates", exc) from exc
+    if (
+        deployment is None
+        or res.drifted(_without_replicas(pool), deployment)
+        or res.drifted(res.build_service(pool), service)
+    ):
+        seen = pool.uid in runtime.pools  # not yet: the create handler is still on its way
+        (logger.warning if seen else logger.info)(
+            "Deployment or Service %s missing or changed by hand: repairing", pool.workload_name
+        )
         await reconcile(body=body, patch=patch, operator=runtime)
         return
     memory = runtime.memory(pool)

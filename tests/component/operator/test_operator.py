@@ -182,6 +182,12 @@ async def test_pool_lifecycle_owns_deployment_and_service(
             ),
             message="drift repaired",
         )
+        # A Service deleted by hand comes back.
+        async with k8s.delete(f"/api/v1/namespaces/{NS}/services/tiny-worker") as resp:
+            assert resp.status == 200
+        await eventually(
+            lambda: k8s.get_object("v1/services", NS, "tiny-worker"), message="Service recreated"
+        )
         status = k8s.get_object("loraplex.dev/v1alpha1/basemodelpools", NS, "tiny")["status"]
         assert status["deployment"] == "tiny-worker"
 
