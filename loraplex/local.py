@@ -40,6 +40,7 @@ from pathlib import Path
 import uvicorn
 from huggingface_hub.repocard import metadata_load
 
+from loraplex.errors import BadRequest
 from loraplex.ids import validate_model_id
 from loraplex.localhub import HubState, RepoStore, create_hub_app
 from loraplex.logs import configure_logging
@@ -183,7 +184,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         if not args.base_model:
             parser.error("--hub needs at least one --base-model ID")
         for base in args.base_model:
-            validate_model_id(base)
+            try:
+                validate_model_id(base)
+            except BadRequest as exc:
+                parser.error(f"--base-model: {exc.message}")
     elif args.models is None or not args.models.is_dir():
         parser.error(
             f"--models must be a folder of Hub-layout repos (got {args.models}); "
@@ -264,7 +268,7 @@ async def serve(
     args: argparse.Namespace, bases: Sequence[str], example_lora: str | None, env: dict[str, str]
 ) -> int:
     worker_args = ["--log-level", args.log_level.lower()]
-    worker_args += ["--json-logs"] if args.log_json else []
+    worker_args += ["--log-json"] if args.log_json else []
     workers = worker_specs(bases, args.replicas, env, worker_args)
     pools = {
         base: [str(spec.ready_url).removesuffix("/readyz") for spec in specs]

@@ -31,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="listen address (default 0.0.0.0)")
     parser.add_argument("--port", type=int, help="listen port (default 8000)")
     parser.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
-    parser.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
+    parser.add_argument(
+        "--log-json",
+        "--json-logs",
+        dest="json_logs",
+        action="store_true",
+        help="one JSON object per log line",
+    )
     return parser
 
 
@@ -64,5 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         log_config=None,  # keep configure_logging's handlers
+        access_log=False,  # a line per /v1/state poll (every second per router) is noise
     )
     return 0

@@ -1,0 +1,86 @@
+"""The embedded mode's pure parts: scanning a models folder, the banner, argument checks, logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from loraplex.local import build_parser, check_args, scan_models_dir, usage_lines, worker_specs
+from loraplex.logs import configure_logging
+
+
+def repo(root: Path, repo_id: str, card: str | None, *, base: bool = False) -> None:
+    folder = root / repo_id
+    folder.mkdir(parents=True)
+    if card is not None:
+        (folder / "README.md").write_text(f"---\n{card}\n---\n")
+    if base:
+        (folder / "model_index.json").write_text("{}")
+
+
+def test_scan_finds_bases_and_loras_by_card(tmp_path: Path) -> None:
+    repo(tmp_path, "org/base", "tags: [text-to-image]", base=True)
+    repo(tmp_path, "org/lora", "base_model: org/base\ntags: [lora]")
+    repo(tmp_path, "org/listed", "base_model: [x/y, org/base]\ntags: [lora]")
+    repo(tmp_path, "org/finetune", "base_model: org/base\ntags: [diffusers]")
+    repo(tmp_path, "org/gated", "base_model: org/base\ntags: [lora]\ngated: true")
+    repo(tmp_path, "org/nocard", None)
+    repo(tmp_path, ".cache/x", "tags: [lora]")
+    found = scan_models_dir(tmp_path)
+    assert found.bases == ("org/base",)
+    assert found.loras == {"org/listed": ("x/y", "org/base"), "org/lora": ("org/base",)}
+
+
+def test_banner_has_copy_paste_requests() -> None:
+    lines = "\n".join(usage_lines("http://127.0.0.1:8080", "org/base", "org/lora"))
+    assert "curl -s http://127.0.0.1:8080/models/org/base -d" in lines
+    assert "curl -s http://127.0.0.1:8080/models/org/lora -d" in lines
+    assert "-H 'lora: org/lora' http://127.0.0.1:8080/models/org/base" in lines
+    assert "lora" not in "\n".join(usage_lines("http://h:1", "org/base", None)).replace(
+        "loraplex", ""
+    )
+
+
+def test_worker_specs_one_process_per_replica_with_shared_cpu_threads() -> None:
+    specs = worker_specs(["org/a", "org/b"], 2, {"HF_ENDPOINT": "http://hub"}, ["--log-json"])
+    assert {base: len(s) for base, s in specs.items()} == {"org/a": 2, "org/b": 2}
+    urls = [s.ready_url for group in specs.values() for s in group]
+    assert len(set(urls)) == 4 and all(str(u).endswith("/readyz") for u in urls)
+    first = specs["org/a"][0]
+    assert first.argv[-1] == "--log-json" and first.env["HF_ENDPOINT"] == "http://hub"
+    assert int(first.env["OMP_NUM_THREADS"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--replicas", "0", "--models", "."], "--replicas"),
+        (["--hub"], "--base-model"),
+        (["--models", "/no/such/dir"], "demo-models"),
+        (["--hub", "--base-model", "../etc"], "looks like a URL or a path"),
+    ],
+)
+def test_bad_arguments_say_what_to_do(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        check_args(parser, parser.parse_args(argv))
+    text = capsys.readouterr().err
+    assert message in text
+
+
+def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", json_lines=True)
+    try:
+        logging.getLogger("loraplex.test").info("hello %s", "world")
+        logging.getLogger("httpx").info("a request line that must be muted")
+    finally:
+        configure_logging("WARNING")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["logger"], e["msg"], e["level"]) for e in lines] == [
+        ("loraplex.test", "hello world", "info")
+    ]
