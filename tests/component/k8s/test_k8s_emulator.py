@@ -9,6 +9,7 @@ import asyncio
 import json
 from typing import Any
 
+import kmock
 from fixtures.k8s import TEST_NAMESPACE
 from fixtures.k8s_emulator import K8sEmulator
 
@@ -227,3 +228,11 @@ async def test_core_discovery_names_group_version_v1(k8s: K8sEmulator) -> None:
     by_name = {r["name"]: r for r in core["resources"]}
     assert by_name["namespaces"]["namespaced"] is False
     assert by_name["services"]["kind"] == "Service"
+
+
+async def test_kmock_reactions_inject_faults_before_the_store(k8s: K8sEmulator) -> None:
+    k8s["post", kmock.resource("apps", "v1", "deployments")][:1] << 503
+    status, _ = await call(k8s, "POST", DEPLOYMENTS, deployment("a"))
+    assert status == 503 and k8s.get_object("apps/v1/deployments", NS, "a") is None
+    status, _ = await call(k8s, "POST", DEPLOYMENTS, deployment("a"))  # the reaction is used up
+    assert status == 200 and k8s.get_object("apps/v1/deployments", NS, "a") is not None

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import kmock
 import pytest
 from aiohttp import web
 from fixtures.k8s import TEST_NAMESPACE, eventually, kopf_running
@@ -272,3 +273,17 @@ async def test_replicas_follow_router_rate_and_return_to_zero(
         await eventually(
             lambda: "to 0" in pool_status().get("lastScaleReason", ""), message="status reason"
         )
+
+
+async def test_transient_api_failure_is_retried(
+    k8s: K8sEmulator, k8s_kubeconfig: Any, kopf_registry: Any, router: tuple[StubRouter, str]
+) -> None:
+    """The API server refuses the first two Deployment creations (503): the operator retries
+    (kopf TemporaryError, and the timer's repair) until the Deployment exists."""
+    failures: list[Any] = []
+    k8s["post", kmock.resource("apps", "v1", "deployments")][:2] << 503 >> failures
+    register(kopf_registry, settings_for(router[1]))
+    async with kopf_running(kopf_registry):
+        await create_pool(k8s, copy.deepcopy(POOL))
+        await eventually(lambda: deployment(k8s), timeout=15, message="Deployment after retries")
+    assert len(failures) == 2
