@@ -2,9 +2,9 @@
 
 kopf logs in with the standard chain (in-cluster service account, else kubeconfig). Peering
 keeps several operator replicas from all handling pools: with a name in
-``LORAPLEX_OPERATOR_PEERING`` it is mandatory; without one, kopf's auto mode peers through the
-``default`` peering object when it exists and runs standalone otherwise; ``--standalone``
-turns it off.
+``LORAPLEX_OPERATOR_PEERING`` it is mandatory; set to the empty string (or ``--standalone``)
+it is off; unset, kopf's auto mode peers through the ``default`` peering object when it exists
+and runs standalone otherwise.
 """
 
 from __future__ import annotations
@@ -59,12 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # handlers); a registry of our own keeps this process free of kopf's global one.
     registry = SmartOperatorRegistry()
     register(registry, settings)
-    # peering_name given: peering is mandatory; None: kopf's auto mode ("default" if present).
+    # A peering name makes peering mandatory; "" is standalone; None is kopf's auto mode.
+    standalone = args.standalone or settings.peering == ""
     asyncio.run(
         kopf.operator(
             registry=registry,
-            standalone=True if args.standalone else None,
-            peering_name=None if args.standalone else (settings.peering or None),
+            standalone=True if standalone else None,
+            peering_name=None if standalone else settings.peering,
             clusterwide=args.all_namespaces,
             namespaces=args.namespace,
         )

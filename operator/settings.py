@@ -80,12 +80,13 @@ class OperatorSettings(ComponentSettings):
         f"ghcr.io/loraplex/loraplex-worker:{__version__}",
         description="Worker image for pools whose spec.worker.image is empty.",
     )
-    peering: str = Field(
-        "",
-        description="kopf peering name: of several operator replicas only one handles the "
-        "pools; the KopfPeering object must exist (kopf's peering CRDs installed). Empty "
-        "(default): kopf's auto mode, which uses the peering object named 'default' if it "
-        "exists and runs standalone otherwise.",
+    peering: str | None = Field(
+        None,
+        description="kopf peering, so that of several operator replicas only one handles the "
+        "pools. A name: peering is mandatory (kopf's peering CRDs and that KopfPeering object "
+        "must exist). Empty string: standalone, no peering (what the chart sets unless "
+        "operator.peering.enabled). Unset (default): kopf's auto mode, peering through the "
+        "object named 'default' if it exists, standalone otherwise.",
     )
     cluster_scanning: bool = Field(
         False,

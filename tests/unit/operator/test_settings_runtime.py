@@ -15,7 +15,9 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORAPLEX_OPERATOR_PEERING", "")
     settings = OperatorSettings()
     assert settings.interval_s == 2.5 and settings.router_urls == ["http://r1:8080/metrics"]
-    assert settings.peering == "" and settings.rate_source == "scrape"
+    assert settings.peering == "" and settings.rate_source == "scrape"  # "" = standalone
+    monkeypatch.delenv("LORAPLEX_OPERATOR_PEERING")
+    assert OperatorSettings().peering is None  # unset = kopf's auto mode
 
 
 def test_every_setting_is_documented() -> None:
