@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import secrets
 from typing import Any
 
 import aiohttp
@@ -209,6 +210,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorSettings) ->
     settings.posting.loggers = True
     settings.posting.level = logging.WARNING
     settings.scanning.disabled = not config.cluster_scanning
+    # kopf freezes *every* operator when peers share a priority, so each replica draws its
+    # own: the highest one runs, the others pause, and when it dies (its peering entry
+    # expires after settings.peering.lifetime) the next highest resumes — one active scaler.
+    settings.peering.priority = config.peering_priority or secrets.randbelow(2**31 - 1) + 1
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:

@@ -93,6 +93,13 @@ class OperatorSettings(ComponentSettings):
         "operator.peering.enabled). Unset (default): kopf's auto mode, peering through the "
         "object named 'default' if it exists, standalone otherwise.",
     )
+    peering_priority: int = Field(
+        0,
+        ge=0,
+        description="kopf peering priority of this replica. Default 0: a random priority per "
+        "process, because kopf freezes all peers that share one; set it only to make one "
+        "replica the preferred active one.",
+    )
     cluster_scanning: bool = Field(
         False,
         description="Let kopf list CRDs and namespaces. Default off: the operator serves one "

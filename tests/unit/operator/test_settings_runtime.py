@@ -53,3 +53,19 @@ async def test_cached_rates_read_once_per_half_interval() -> None:
     assert source.reads == [0.0, 5.0]
     assert {s.rate("a/b") for s in [*first, same_tick]} == {1.0}
     assert next_tick.rate("a/b") == 2.0
+
+
+def test_each_replica_draws_its_own_peering_priority() -> None:
+    """kopf freezes every peer that shares a priority: two replicas must not both get 0."""
+    import kopf
+    from loraplex.operator.handlers import configure_kopf
+
+    drawn = set()
+    for _ in range(5):
+        settings = kopf.OperatorSettings()
+        configure_kopf(settings, OperatorSettings())
+        drawn.add(settings.peering.priority)
+    assert len(drawn) == 5 and min(drawn) > 0
+    pinned = kopf.OperatorSettings()
+    configure_kopf(pinned, OperatorSettings(peering_priority=100))
+    assert pinned.peering.priority == 100
