@@ -20,12 +20,14 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from fixtures.hub import HubServer, hub_env_vars
 from fixtures.models import DemoModels
 from huggingface_hub import InferenceClient
 from openai import OpenAI
@@ -74,34 +76,18 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2) 
         time.sleep(interval_s)
 
 
-@pytest.fixture(scope="module")
-def stack(demo_models: DemoModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextmanager
+def running_stack(args: list[str], env: dict[str, str]) -> Iterator[Stack]:
+    """``loraplex up ARGS`` until it prints its banner; on exit Ctrl-C it and check that no
+    child process survives."""
     port = free_port("127.0.0.1")
-    env = {
-        **os.environ,
-        # A small queue so the 429 test can fill it; the rest of the suite stays sequential.
-        "LORAPLEX_WORKER_QUEUE_CAPACITY": "2",
-        "LORAPLEX_WORKER_WIDTH": "64",
-        "LORAPLEX_WORKER_HEIGHT": "64",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "loraplex",
-        "up",
-        "--models",
-        str(demo_models.root),
-        "--base-model",
-        TINY_SD,
-        "--replicas",
-        "2",
-        "--port",
-        str(port),
-        "--cache-dir",
-        str(tmp_path_factory.mktemp("hf-cache")),
-    ]
+    cmd = [sys.executable, "-m", "loraplex", "up", *args, "--port", str(port)]
     process = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     running = Stack(url=f"http://127.0.0.1:{port}", process=process)
     threading.Thread(target=_pump, args=(process.stdout, running.output), daemon=True).start()
@@ -126,6 +112,16 @@ def stack(demo_models: DemoModels, tmp_path_factory: pytest.TempPathFactory) -> 
         process.wait(timeout=60)
         for pid in pids:  # Ctrl-C leaves no process behind
             assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"pid {pid} survived"
+
+
+@pytest.fixture(scope="module")
+def stack(demo_models: DemoModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    args = ["--models", str(demo_models.root), "--base-model", TINY_SD, "--replicas", "2"]
+    args += ["--cache-dir", str(tmp_path_factory.mktemp("hf-cache"))]
+    # A small queue so the 429 test can fill it; the rest of the suite stays sequential.
+    env = {"LORAPLEX_WORKER_QUEUE_CAPACITY": "2"}
+    with running_stack(args, env) as running:
+        yield running
 
 
 def _is_zombie(pid: int) -> bool:
@@ -250,3 +246,23 @@ def test_killed_worker_loses_no_request_and_is_restarted(
         60,
         "the killed worker to be restarted",
     )
+
+
+def test_hub_mode_resolves_and_downloads_through_a_hub(
+    demo_models: DemoModels, tmp_path: Path
+) -> None:
+    """``--hub``: router and workers use huggingface_hub's endpoint (here the fixture Hub
+    server, through HF_ENDPOINT as a user would point at a mirror); gated repos need a token."""
+    server = HubServer(demo_models.root).start()
+    try:
+        env = hub_env_vars(server.url, tmp_path)
+        with running_stack(["--hub", "--base-model", TINY_SD], env) as hub_stack:
+            adapter = demo_models.demo.adapters[0].repo_id
+            assert hf_image(hub_stack, adapter).shape == (64, 64, 3)
+            gated = demo_models.test_repos.gated
+            body = {"inputs": "a red fox", "parameters": PARAMS}
+            refused = httpx.post(f"{hub_stack.url}/models/{gated}", json=body, timeout=60)
+            assert refused.status_code == 401, refused.text
+            assert server.count(f"/api/models/{adapter}") >= 1, "the router did not ask the Hub"
+    finally:
+        server.stop()
