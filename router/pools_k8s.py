@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -225,7 +224,7 @@ class KubernetesPoolSource:
 
 async def _load_config() -> None:
     """In-cluster credentials in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+    try:
         config.load_incluster_config()
-    else:
+    except config.ConfigException:  # not in a pod (no service-account token or env)
         await config.load_kube_config()
