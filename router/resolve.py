@@ -11,9 +11,8 @@ Three layers, innermost pure:
   stale-on-error (a cached answer keeps serving while the source is down; counted). Gated and
   private repos are cached per token hash and never under the anonymous key, so a private
   route is never served to another user. Tokens are hashed, never stored or logged.
-* Sources: :class:`HubCardSource` (the real ``huggingface_hub`` client; ``model_info`` plus
-  ``auth_check`` for gated repos) and :class:`LocalCardSource` (README.md cards in a models
-  directory, for the embedded mode).
+* Sources (:mod:`loraplex.router.cards`): ``HubCardSource`` (the real ``huggingface_hub``
+  client) and ``LocalCardSource`` (README.md cards in a models directory, embedded mode).
 """
 
 from __future__ import annotations
@@ -24,18 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
-
-import httpx
-import yaml
-from huggingface_hub import HfApi
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
 
 from loraplex.contract import AdapterRef
 from loraplex.errors import (
@@ -51,17 +39,6 @@ from loraplex.ids import validate_model_id
 TEXT_TO_IMAGE = "text-to-image"
 
 
-def _transport_error_types() -> tuple[type[Exception], ...]:
-    """Network failures of whichever HTTP library this huggingface_hub uses (httpx2 in 2.x)."""
-    found: list[type[Exception]] = [OSError, httpx.TransportError]
-    try:
-        import httpx2  # huggingface_hub >= 2 talks to the Hub through httpx2
-    except ImportError:
-        return tuple(found)
-    return (*found, httpx2.TransportError)
-
-
-_TRANSPORT_ERRORS = _transport_error_types()
 _ADAPTER_TAG = "base_model:adapter:"
 
 
@@ -318,108 +295,3 @@ class Resolver:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-class HubCardSource:
-    """Cards from the Hub (or a Hub-compatible endpoint) through ``huggingface_hub.HfApi``.
-
-    ``HfApi`` is synchronous, so calls run in a thread; the resolver's cache and single flight
-    keep that off the hot path. Gated repos expose metadata to anyone, so access is checked
-    with the caller's token through ``auth_check``; the answer is cached per token hash.
-    """
-
-    def __init__(self, api: HfApi | None = None, *, timeout_s: float = 10.0) -> None:
-        self.api = api or HfApi()
-        self.timeout_s = timeout_s
-
-    async def fetch(self, model_id: str, token: str | None) -> ModelCard:
-        return await asyncio.to_thread(self._fetch_sync, model_id, token)
-
-    def _fetch_sync(self, model_id: str, token: str | None) -> ModelCard:
-        # token=False: never fall back to a token saved on this machine for a user's request.
-        auth: str | bool = token or False
-        try:
-            info = self.api.model_info(model_id, token=auth, timeout=self.timeout_s)
-            card = card_from_metadata(
-                model_id,
-                card=info.card_data.to_dict() if info.card_data else {},
-                hub_tags=info.tags or (),
-                sha=info.sha,
-                pipeline_tag=info.pipeline_tag,
-                gated=info.gated,
-                private=bool(info.private),
-            )
-            if card.gated:
-                self.api.auth_check(model_id, token=auth)
-            return card
-        except GatedRepoError:
-            raise _refused(model_id, token, "is gated") from None
-        except RevisionNotFoundError:
-            raise NotFound(f"{model_id} has no main revision on the Hub") from None
-        except RepositoryNotFoundError as exc:
-            # The Hub answers 401 (not 404) for private repos without a token: say so.
-            if token is None and exc.response is not None and exc.response.status_code == 401:
-                raise Unauthorized(
-                    f"{model_id} was not found without a token; if it is private, send a Hub "
-                    "token that can read it as 'Authorization: Bearer <token>'"
-                ) from None
-            raise NotFound(
-                f"no model {model_id!r} on the Hub (if it is private, send your Hub token as "
-                "'Authorization: Bearer <token>')"
-            ) from None
-        except HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else 0
-            if status in (401, 403):
-                raise _refused(model_id, token, "refused access") from None
-            raise SourceUnavailable(f"Hub answered {status}") from None
-        except _TRANSPORT_ERRORS as exc:  # connection refused/reset, timeouts
-            raise SourceUnavailable(type(exc).__name__) from None
-
-
-def _refused(model_id: str, token: str | None, why: str) -> LoraplexError:
-    if token is None:
-        return Unauthorized(
-            f"{model_id} {why}: send a Hub token that has access as 'Authorization: Bearer <token>'"
-        )
-    return Forbidden(
-        f"{model_id} {why} and your token has no access; request access on its Hub page"
-    )
-
-
-class LocalCardSource:
-    """Cards from README.md files in a models directory: ``<models_dir>/<org>/<name>/README.md``.
-
-    The embedded mode's source: the same card format as the Hub (YAML front matter with
-    ``base_model``, ``tags``, ``base_model_relation``, ``pipeline_tag``, ``gated``). Every
-    adapter resolves to ``revision`` (default ``main``); a repo with no README.md but a
-    directory is treated as a card with no metadata.
-    """
-
-    def __init__(self, models_dir: Path | str, *, revision: str = "main") -> None:
-        self.models_dir = Path(models_dir)
-        self.revision = revision
-
-    async def fetch(self, model_id: str, token: str | None) -> ModelCard:
-        validate_model_id(model_id)
-        repo_dir = self.models_dir / model_id
-        if not repo_dir.is_dir():
-            raise NotFound(f"no model {model_id!r} in {self.models_dir}")
-        readme = repo_dir / "README.md"
-        metadata = parse_front_matter(readme.read_text()) if readme.is_file() else {}
-        card = card_from_metadata(
-            model_id, card=metadata, sha=self.revision, gated=metadata.get("gated", False)
-        )
-        if card.gated and token is None:
-            raise _refused(model_id, None, "is gated")
-        return card
-
-
-def parse_front_matter(text: str) -> dict[str, Any]:
-    """The YAML metadata block of a model card (``---`` … ``---`` at the top), or {}."""
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    loaded = yaml.safe_load(text[3:end])
-    return loaded if isinstance(loaded, dict) else {}

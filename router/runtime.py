@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 import aiohttp
 from huggingface_hub import HfApi
+from loraplex.router.cards import HubCardSource, LocalCardSource
 from loraplex.router.forward import Forwarder
 from loraplex.router.metrics import RouterMetrics
 from loraplex.router.pick import STRATEGIES, AdapterAffinityPicker, Picker
 from loraplex.router.pools import PoolRegistry, PoolSource, StatePoller, StaticPoolSource
-from loraplex.router.resolve import CardSource, HubCardSource, LocalCardSource, Resolver
+from loraplex.router.resolve import CardSource, Resolver
 from loraplex.router.service import RouterService
 from loraplex.router.settings import RouterSettings
 

@@ -15,7 +15,7 @@ import pytest
 from fixtures.router_stubs import StubWorker, serve_app, stub_workers
 from huggingface_hub import HfApi
 from loraplex.router.app import create_app
-from loraplex.router.resolve import HubCardSource
+from loraplex.router.cards import HubCardSource
 from loraplex.router.settings import RouterSettings
 
 BODY = {"inputs": "a fox", "parameters": {"num_inference_steps": 2}}

@@ -24,7 +24,7 @@ from fixtures.hub import hub_env_vars
 from fixtures.router_stubs import serve_app
 from huggingface_hub import HfApi
 from loraplex.router.app import create_app
-from loraplex.router.resolve import HubCardSource
+from loraplex.router.cards import HubCardSource
 from loraplex.router.settings import RouterSettings
 
 from loraplex.contract import Headers

@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from loraplex.router.cards import LocalCardSource, parse_front_matter
 from loraplex.router.resolve import (
-    LocalCardSource,
     ModelCard,
     Resolver,
     SourceUnavailable,
     card_from_metadata,
     classify,
-    parse_front_matter,
 )
 
 from loraplex.errors import BadRequest, NotFound, NotServable, Unauthorized, UpstreamFailed
