@@ -64,6 +64,9 @@ class Decision:
     recommended: int = 0  # what the load alone asks for now, before stabilization
 
 
+_SEED_AGE_S = 1e-3  # how long before the first tick the seeded recommendation counts as made
+
+
 class ScalingPolicy:
     """Replicas for one pool from its request rate; keeps the history its windows need.
 
@@ -119,6 +122,12 @@ class ScalingPolicy:
         spec = self.spec
         if obs.rate > 0 or obs.pending > 0 or self._last_active is None:
             self._last_active = obs.now
+        if not self._history:
+            # A new policy (operator restart, failover, first scrape without a rate yet) knows
+            # no past: count the replicas running now as a recommendation made just before
+            # this tick, as the HPA does, so a busy pool is not cut to 1 before a rate exists.
+            # It sits outside a zero-length scale-up window, so scale-up stays immediate.
+            self._history.append((obs.now - _SEED_AGE_S, obs.current_replicas))
         recommended = self.recommend(obs)
         self._remember(obs.now, recommended)
         current = obs.current_replicas

@@ -145,3 +145,16 @@ def test_reasons_say_why() -> None:
 def test_invalid_spec_is_refused(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=re.escape(field)):
         ScalingPolicy(ScalingSpec(**kwargs))
+
+
+def test_a_restarted_operator_does_not_cut_a_busy_pool() -> None:
+    """After a restart the first scrape has no rate yet (0): the replicas running now count as
+    the last recommendation, so scale-down still waits for the stabilization window."""
+    decisions = run(SPEC, [(0, 0.0, 0), (5, 4.6, 0), (10, 4.6, 0)], current=5)
+    assert [d.replicas for d in decisions] == [5, 5, 5]
+    idle = run(SPEC, [(0, 0.0, 0), (20, 0.0, 0), (31, 0.0, 0), (61, 0.0, 0)], current=5)
+    assert [d.replicas for d in idle] == [5, 5, 1, 0]
+
+
+def test_first_tick_scale_up_is_immediate() -> None:
+    assert run(SPEC, [(0, 4.2, 0)], current=1)[0].replicas == 5
