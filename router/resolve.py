@@ -18,6 +18,7 @@ Three layers, innermost pure:
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import time
 from collections import OrderedDict
@@ -246,7 +247,9 @@ class Resolver:
     def _answer(self, entry: _Entry, outcome: str) -> ModelCard:
         self.record(outcome)
         if entry.error is not None:
-            raise entry.error
+            # A fresh copy each time: re-raising the cached object would grow its traceback
+            # on every hit, and the frames it pins hold callers' requests and tokens.
+            raise copy.copy(entry.error)
         assert entry.card is not None
         return entry.card
 
@@ -278,7 +281,8 @@ class Resolver:
                 f"cannot look up {model_id} on the Hub right now ({exc}); retry shortly"
             ) from None
         except (NotFound, Unauthorized, Forbidden, NotServable) as exc:
-            entry = _Entry(None, exc, now + self.negative_ttl_s, now + self.stale_s)
+            cached = exc.with_traceback(None)  # keep the answer, not the frames (and tokens)
+            entry = _Entry(None, cached, now + self.negative_ttl_s, now + self.stale_s)
             self._store(key, entry)
             return entry, "miss"
         entry = _Entry(card, None, now + self.ttl_s, now + self.stale_s)

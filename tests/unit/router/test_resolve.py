@@ -7,6 +7,7 @@ client is exercised against the Hub-compatible fixture server in the component t
 from __future__ import annotations
 
 import asyncio
+import traceback
 
 import pytest
 from loraplex.router.cards import LocalCardSource, parse_front_matter
@@ -117,6 +118,19 @@ async def test_cache_ttl_and_negative_ttl() -> None:
     await resolver.resolve("u/style", None, SERVED)
     assert len(source.calls) == 4
     assert outcomes.count("miss") == 4 and "negative_hit" in outcomes
+
+
+async def test_cached_errors_do_not_accumulate_frames() -> None:
+    """Each negative hit raises a fresh error: the cached one must not grow a traceback that
+    pins callers' frames (and tokens) for the negative TTL."""
+    resolver = Resolver(FakeSource({}), negative_ttl_s=30, clock=Clock())
+    depths = []
+    for _ in range(50):
+        with pytest.raises(NotFound) as info:
+            await resolver.resolve("u/missing", None, SERVED)
+        depths.append(len(traceback.extract_tb(info.value.__traceback__)))
+        assert str(info.value) == "no model u/missing"
+    assert depths[-1] == depths[1], "traceback grows with every cached hit"
 
 
 async def test_single_flight_shares_one_lookup() -> None:
