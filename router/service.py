@@ -20,7 +20,7 @@ from loraplex.router.pools import Pool, PoolRegistry
 from loraplex.router.resolve import Resolver, Route
 
 from loraplex.contract import GenerateRequest, GenerationParameters, ImageFormat
-from loraplex.errors import WarmingUp
+from loraplex.errors import DeadlineExceeded, WarmingUp
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; only ever in metrics
 
@@ -107,8 +107,13 @@ class RouterService:
         pending.inc()
         pool.pending += 1
         try:
-            timeout = min(self.hold_timeout_s, max(0.0, deadline - time.monotonic()))
-            if not await pool.wait_ready(timeout):
+            left = max(0.0, deadline - time.monotonic())
+            if not await pool.wait_ready(min(self.hold_timeout_s, left)):
+                if left < self.hold_timeout_s:  # the request's own deadline ran out first
+                    raise DeadlineExceeded(
+                        f"the request deadline passed while {pool.base_model} was scaling up; "
+                        f"retry in about {self.estimated_warmup_s:.0f} s"
+                    )
                 raise warming
         finally:
             pending.dec()

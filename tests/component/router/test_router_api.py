@@ -239,6 +239,21 @@ async def test_deadline_gives_504(tmp_path: Path) -> None:
             assert resp.status_code == 504 and "deadline" in resp.json()["error"]
 
 
+async def test_deadline_during_hold_gives_504_not_503(tmp_path: Path) -> None:
+    """A pool that never gets ready: the hold would last 5 s, the request's deadline is 0.3 s."""
+    settings = RouterSettings(
+        static_pools={"org/cold": ["http://127.0.0.1:9"]},
+        models_dir=write_cards(tmp_path),
+        request_timeout_s=0.3,
+        hold_timeout_s=5,
+    )
+    async with serve_app(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as c:
+        started = time.monotonic()
+        resp = await c.post("/models/org/cold", json=prompt(), timeout=10)
+        assert resp.status_code == 504 and "deadline" in resp.json()["error"]
+        assert time.monotonic() - started < 3
+
+
 async def test_client_disconnect_cancels_the_upstream_request(tmp_path: Path) -> None:
     async with stub_workers(BASE, 1, delay_s=30) as (worker,):
         settings = RouterSettings(
