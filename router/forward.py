@@ -16,6 +16,7 @@ replica is marked not ready until its next good ``/v1/state`` poll.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -169,11 +170,14 @@ class Forwarder:
         """Turn a worker response into an answer; returns (answer, release-inflight-now)."""
         status = resp.status
         if status >= 500 or status == 429:
-            await resp.read()
+            detail = _error_text(await resp.read())
             resp.release()
-            if status != 429:
+            # Only a 503 says the worker itself is unavailable (warming up, shutting down); a
+            # 500/502/504 is about this request (e.g. the Hub failed an adapter download), and
+            # marking the replica down would empty the pool for everyone else.
+            if status == 503:
                 pool.mark_failed(endpoint)
-            raise _RetryableError(f"worker answered {status}")
+            raise _RetryableError(f"worker answered {status}{detail}")
         headers = {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers}
         headers[Headers.WORKER] = endpoint
         media_type = resp.headers.get("content-type", "application/octet-stream")
@@ -201,3 +205,12 @@ class Forwarder:
             resp.release()
             if replica is not None:
                 replica.own_inflight -= 1
+
+
+def _error_text(body: bytes) -> str:
+    """``: <message>`` from a worker's ``{"error": …}`` body, or nothing."""
+    try:
+        message = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {message}" if isinstance(message, str) else ""

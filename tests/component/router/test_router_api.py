@@ -220,6 +220,19 @@ async def test_all_replicas_failing_is_502_and_worker_4xx_passes_through(env: En
     assert resp.status_code == 413 and resp.json() == {"error": "stub failure"}
 
 
+async def test_a_request_level_502_does_not_take_replicas_out(env: Env) -> None:
+    """A worker's 502 (say the Hub failed an adapter download) is about that request: retried
+    elsewhere, reported with the worker's message, and the replicas stay ready for others."""
+    for worker in env.workers:
+        worker.fail_status = 502
+    resp = await env.client.post("/models/u/style", json=prompt())
+    assert resp.status_code == 502 and "stub failure" in resp.json()["error"]
+    for worker in env.workers:
+        worker.fail_status = None
+    no_wait = {"x-wait-for-model": "false"}
+    assert (await env.client.post(f"/models/{BASE}", json=prompt(), headers=no_wait)).is_success
+
+
 async def test_full_queues_are_429(env: Env) -> None:
     for worker in env.workers:
         worker.fail_status = 429
