@@ -21,7 +21,7 @@ import base64
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -29,18 +29,25 @@ from loraplex.router.forward import WorkerAnswer
 from loraplex.router.pools import PoolSource
 from loraplex.router.resolve import CardSource, Route
 from loraplex.router.runtime import RouterRuntime, build_runtime
+from loraplex.router.schemas import (
+    HFTextToImageRequest,
+    ModelCardOut,
+    ModelList,
+    OpenAIImage,
+    OpenAIImageRequest,
+    OpenAIImagesResponse,
+)
 from loraplex.router.service import CLIENT_CLOSED, GenerationCall
 from loraplex.router.settings import RouterSettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loraplex import __version__
-from loraplex.contract import ErrorBody, GenerationParameters, Headers, ImageFormat, Limits
+from loraplex.contract import ErrorBody, GenerationParameters, Headers, ImageFormat
 from loraplex.errors import BadRequest, LoraplexError, install_handlers
 
 T = TypeVar("T")
-Prompt = Annotated[str, Field(min_length=1, max_length=Limits.MAX_PROMPT_CHARS)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": why}
     for code, why in {
@@ -72,81 +79,6 @@ _HEADER_DOCS = [
 _IMAGE_CONTENT = {
     f.media_type: {"schema": {"type": "string", "format": "binary"}} for f in ImageFormat
 }
-
-
-class HFOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # use_cache etc.: accepted, meaningless here
-
-    wait_for_model: bool = True
-
-
-class HFTextToImageRequest(BaseModel):
-    """Hugging Face Inference API text-to-image body."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    inputs: Prompt
-    parameters: GenerationParameters = Field(default_factory=GenerationParameters)
-    options: HFOptions = Field(default_factory=HFOptions)
-
-
-class OpenAIImageRequest(BaseModel):
-    """OpenAI ``images.generate`` body; sampling extras (seed, steps…) via ``extra_body``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(min_length=1, max_length=200)
-    prompt: Prompt
-    n: int = Field(1, ge=1, le=16)
-    size: str | None = Field(None, pattern=r"^(auto|\d{2,4}x\d{2,4})$")
-    response_format: Literal["b64_json", "url"] | None = None
-    output_format: ImageFormat | None = None
-    quality: str | None = Field(None, max_length=20)  # accepted; the worker has one quality
-    style: str | None = Field(None, max_length=20)
-    user: str | None = Field(None, max_length=200)
-    negative_prompt: str | None = Field(None, max_length=Limits.MAX_PROMPT_CHARS)
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    seed: int | None = Field(None, ge=0, le=Limits.MAX_SEED - 16)
-
-    def parameters(self, index: int) -> GenerationParameters:
-        width = height = None
-        if self.size and self.size != "auto":
-            width, height = (int(side) for side in self.size.split("x"))
-        return GenerationParameters(
-            negative_prompt=self.negative_prompt,
-            width=width,
-            height=height,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            seed=None if self.seed is None else self.seed + index,
-        )
-
-
-class OpenAIImage(BaseModel):
-    b64_json: str | None = None
-    url: str | None = None
-
-
-class OpenAIImagesResponse(BaseModel):
-    created: int
-    data: list[OpenAIImage]
-    output_format: ImageFormat
-
-
-class ModelCardOut(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = 0
-    owned_by: str = "loraplex"
-    replicas: int
-    ready_replicas: int
-    pending: int
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCardOut]
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -196,7 +128,15 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 def answer_to_response(answer: WorkerAnswer) -> Response:
     if answer.stream is not None:
-        return StreamingResponse(answer.stream, answer.status, answer.headers, answer.media_type)
+        # The background close runs after the response, also when the client left before the
+        # first chunk and the stream was never iterated (its own finally never ran then).
+        return StreamingResponse(
+            answer.stream,
+            answer.status,
+            answer.headers,
+            answer.media_type,
+            background=BackgroundTask(answer.close),
+        )
     return Response(answer.body, answer.status, answer.headers, answer.media_type)
 
 
@@ -333,21 +273,42 @@ def _add_generation_routes(app: FastAPI) -> None:
             )
             for i in range(body.n)
         ]
-        served = await asyncio.gather(*(_serve(request, c) for c in calls))
-        images = []
-        for item in served:
-            if isinstance(item, Response):
-                return item
-            answer = item[1]
-            data = await _whole_body(answer)
-            if answer.status != 200:
-                return Response(data, answer.status, media_type=answer.media_type)
-            encoded = base64.b64encode(data).decode()
-            if body.response_format == "url":
-                images.append(OpenAIImage(url=f"data:{fmt.media_type};base64,{encoded}"))
-            else:
-                images.append(OpenAIImage(b64_json=encoded))
+        served = await asyncio.gather(*(_serve(request, c) for c in calls), return_exceptions=True)
+        try:
+            images = [await _openai_image(item, body, fmt) for item in served]
+        except _EarlyAnswer as early:
+            return early.response
+        finally:
+            for item in served:  # answers left unread when a sibling failed
+                if isinstance(item, tuple):
+                    item[1].close()
         return OpenAIImagesResponse(created=int(time.time()), data=images, output_format=fmt)
+
+
+class _EarlyAnswer(Exception):
+    """One of n images failed: answer with its response instead of a list of images."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+async def _openai_image(
+    item: tuple[Route, WorkerAnswer] | Response | BaseException,
+    body: OpenAIImageRequest,
+    fmt: ImageFormat,
+) -> OpenAIImage:
+    if isinstance(item, BaseException):
+        raise item
+    if isinstance(item, Response):
+        raise _EarlyAnswer(item)
+    answer = item[1]
+    data = await _whole_body(answer)
+    if answer.status != 200:
+        raise _EarlyAnswer(Response(data, answer.status, media_type=answer.media_type))
+    encoded = base64.b64encode(data).decode()
+    if body.response_format == "url":
+        return OpenAIImage(url=f"data:{fmt.media_type};base64,{encoded}")
+    return OpenAIImage(b64_json=encoded)
 
 
 def _openai_parameters(body: OpenAIImageRequest, index: int) -> GenerationParameters:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import aiohttp
 from loraplex.router.metrics import RouterMetrics
 from loraplex.router.pick import NoReplicaError, Picker
-from loraplex.router.pools import Pool
+from loraplex.router.pools import Pool, ReplicaState
 from loraplex.router.resolve import Route
 
 from loraplex.contract import GenerateRequest, Headers
@@ -52,6 +52,25 @@ class WorkerAnswer:
     media_type: str
     body: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
+    # Releases a streamed answer's connection and in-flight count. Idempotent; call it when
+    # the stream may never be iterated (a client gone, a sibling image failed).
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+class _StreamRelease:
+    """Idempotent release of one streamed worker answer: its connection and the replica's
+    in-flight count (the very replica object that was counted up)."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, replica: ReplicaState | None) -> None:
+        self._resp, self._replica, self._done = resp, replica, False
+
+    def __call__(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._resp.release()
+        if self._replica is not None:
+            self._replica.own_inflight -= 1
 
 
 class ReplicasLost(UpstreamFailed):
@@ -146,7 +165,7 @@ class Forwarder:
             self.metrics.upstream_latency.labels(pool.base_model).observe(
                 time.monotonic() - started
             )
-            answer, release = await self._read(pool, endpoint, resp)
+            answer, release = await self._read(pool, endpoint, resp, replica)
             return answer
         except aiohttp.ConnectionTimeoutError as exc:  # before TimeoutError: it is one too
             pool.mark_failed(endpoint)
@@ -165,7 +184,11 @@ class Forwarder:
                 replica.own_inflight -= 1
 
     async def _read(
-        self, pool: Pool, endpoint: str, resp: aiohttp.ClientResponse
+        self,
+        pool: Pool,
+        endpoint: str,
+        resp: aiohttp.ClientResponse,
+        replica: ReplicaState | None,
     ) -> tuple[WorkerAnswer, bool]:
         """Turn a worker response into an answer; returns (answer, release-inflight-now)."""
         status = resp.status
@@ -190,21 +213,17 @@ class Forwarder:
             data = await resp.read()
             resp.release()
             return WorkerAnswer(status, headers, media_type, body=data), True
-        return WorkerAnswer(
-            status, headers, media_type, stream=self._stream(pool, endpoint, resp)
-        ), False
+        release = _StreamRelease(resp, replica)
+        stream = _stream(resp, release)
+        return WorkerAnswer(status, headers, media_type, stream=stream, close=release), False
 
-    async def _stream(
-        self, pool: Pool, endpoint: str, resp: aiohttp.ClientResponse
-    ) -> AsyncIterator[bytes]:
-        replica = pool.replicas.get(endpoint)
-        try:
-            async for chunk in resp.content.iter_chunked(256 * 1024):
-                yield chunk
-        finally:
-            resp.release()
-            if replica is not None:
-                replica.own_inflight -= 1
+
+async def _stream(resp: aiohttp.ClientResponse, release: _StreamRelease) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.content.iter_chunked(256 * 1024):
+            yield chunk
+    finally:
+        release()
 
 
 def _error_text(body: bytes) -> str:

@@ -18,10 +18,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 from fixtures.router_stubs import StubWorker, serve_app, stub_workers
 from loraplex.router.app import create_app
 from loraplex.router.settings import RouterSettings
 from PIL import Image
+
+from loraplex.contract import GenerateRequest
 
 BASE = "org/base"
 CARDS = {
@@ -343,3 +346,42 @@ async def test_hf_inference_client_unchanged(env: Env) -> None:
     image = await asyncio.to_thread(client_code)
     assert image.size == (8, 8)
     assert any(r.seed == 7 for w in env.workers for r in w.seen)
+
+
+class FirstSeedFails(StubWorker):
+    """Seed 0 fails at once; other seeds answer a little later (so they are left unread)."""
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        payload = GenerateRequest.model_validate_json(await request.read())
+        if payload.seed == 0:
+            return web.json_response({"error": "bad seed"}, status=422)
+        await asyncio.sleep(0.2)  # answer after seed 0's 422
+        return web.Response(body=self.body, content_type="image/png")
+
+
+async def test_unread_streamed_answers_release_their_replica(tmp_path: Path) -> None:
+    """OpenAI n=2 where the first image fails: the second, streamed answer is never read, and
+    must still give back its replica's in-flight count (or picking skews for good)."""
+    worker = FirstSeedFails(BASE)
+    await worker.start()
+    try:
+        settings = RouterSettings(
+            static_pools={BASE: [worker.url]},
+            models_dir=write_cards(tmp_path),
+            buffer_limit_bytes=10,  # every answer streams
+        )
+        app = create_app(settings)
+        async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+            body = {"model": BASE, "prompt": "a fox", "n": 2, "seed": 0}
+            resp = await c.post("/v1/images/generations", json=body)
+            assert resp.status_code == 422
+            pool = app.state.runtime.registry.get(BASE)
+            deadline = time.monotonic() + 5
+            while any(r.own_inflight for r in pool.replicas.values()):
+                assert time.monotonic() < deadline, "an unread answer kept its replica busy"
+                await asyncio.sleep(0.02)
+            ok = await c.post("/v1/images/generations", json={**body, "seed": 1})
+            assert ok.status_code == 200 and len(ok.json()["data"]) == 2
+            assert all(r.own_inflight == 0 for r in pool.replicas.values())
+    finally:
+        await worker.stop()

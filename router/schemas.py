@@ -1,0 +1,89 @@
+"""Bodies of the router's public API: the Hugging Face Inference API, OpenAI images, /v1/models.
+
+Validation bounds come from :class:`loraplex.contract.Limits`, the one place they live.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraplex.contract import GenerationParameters, ImageFormat, Limits
+
+Prompt = Annotated[str, Field(min_length=1, max_length=Limits.MAX_PROMPT_CHARS)]
+
+
+class HFOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # use_cache etc.: accepted, meaningless here
+
+    wait_for_model: bool = True
+
+
+class HFTextToImageRequest(BaseModel):
+    """Hugging Face Inference API text-to-image body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: Prompt
+    parameters: GenerationParameters = Field(default_factory=GenerationParameters)
+    options: HFOptions = Field(default_factory=HFOptions)
+
+
+class OpenAIImageRequest(BaseModel):
+    """OpenAI ``images.generate`` body; sampling extras (seed, steps…) via ``extra_body``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    prompt: Prompt
+    n: int = Field(1, ge=1, le=16)
+    size: str | None = Field(None, pattern=r"^(auto|\d{2,4}x\d{2,4})$")
+    response_format: Literal["b64_json", "url"] | None = None
+    output_format: ImageFormat | None = None
+    quality: str | None = Field(None, max_length=20)  # accepted; the worker has one quality
+    style: str | None = Field(None, max_length=20)
+    user: str | None = Field(None, max_length=200)
+    negative_prompt: str | None = Field(None, max_length=Limits.MAX_PROMPT_CHARS)
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = Field(None, ge=0, le=Limits.MAX_SEED - 16)
+
+    def parameters(self, index: int) -> GenerationParameters:
+        width = height = None
+        if self.size and self.size != "auto":
+            width, height = (int(side) for side in self.size.split("x"))
+        return GenerationParameters(
+            negative_prompt=self.negative_prompt,
+            width=width,
+            height=height,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            seed=None if self.seed is None else self.seed + index,
+        )
+
+
+class OpenAIImage(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+
+
+class OpenAIImagesResponse(BaseModel):
+    created: int
+    data: list[OpenAIImage]
+    output_format: ImageFormat
+
+
+class ModelCardOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "loraplex"
+    replicas: int
+    ready_replicas: int
+    pending: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCardOut]
