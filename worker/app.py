@@ -108,9 +108,9 @@ async def _warm(runtime: WorkerRuntime, factory: EngineFactory) -> None:
     try:
         engine = await asyncio.to_thread(factory, runtime.settings)
         await asyncio.to_thread(engine.warm_up)
-    except (LoraplexError, OSError, ValueError, RuntimeError) as exc:
-        runtime.load_error = f"loading base {runtime.settings.base_model} failed: {exc}"
-        log.error("%s", runtime.load_error)
+    except Exception as exc:  # any failure: reported by /healthz (503) so the pod restarts
+        runtime.load_error = f"loading base {runtime.settings.base_model} failed: {exc!r}"
+        log.exception("%s", runtime.load_error)
         return
     runtime.engine = engine
     runtime.ready = True

@@ -102,7 +102,13 @@ def convert(
     too_high = [m for m, (a, _) in pairs.items() if a.shape[0] > layout.rank]
     if too_high:
         return Converted(None, f"its rank is above the slot rank {layout.rank}")
-    scales = _scales(unet_sd, pairs, alphas, metadata)
+    try:
+        scales = _scales(unet_sd, pairs, alphas, metadata)
+    except (TypeError, ValueError, KeyError) as exc:  # e.g. a LoraConfig field peft lacks
+        raise NotServable(
+            f"{path.name}: its LoRA metadata cannot be read ({type(exc).__name__}: {exc}); "
+            "re-save it with this diffusers/peft version"
+        ) from None
     weights = {m: (a, b, scales[m]) for m, (a, b) in pairs.items()}
     return Converted(layout.pack(weights, dtype=dtype, pin_memory=pin_memory))
 

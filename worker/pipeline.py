@@ -31,7 +31,7 @@ from loraplex.worker.settings import WorkerSettings
 from loraplex.worker.slot import LoraSlot, SlotLayout
 
 from loraplex.contract import AdapterRef, GenerateRequest, ImageFormat, Limits, SwitchTier
-from loraplex.errors import LoraplexError, NotServable
+from loraplex.errors import NotServable
 
 log = logging.getLogger(__name__)
 SLOW_ADAPTER_NAME = "loraplex_slow"
@@ -199,15 +199,18 @@ class Engine:
 
     def _activate_slow(self, key: AdapterKey, path: Path) -> None:
         self._deactivate()
+        # Marked loaded before loading: whatever fails half-way, _deactivate() unloads it.
+        self._slow.loaded = key
         try:
             self.pipe.load_lora_weights(
                 str(path.parent), weight_name=path.name, adapter_name=SLOW_ADAPTER_NAME
             )
-        except (ValueError, RuntimeError, KeyError, OSError) as exc:
-            self.pipe.unload_lora_weights()  # a half-loaded adapter must not touch base images
+        except Exception as exc:  # noqa: BLE001 - diffusers/peft raise many types on bad files
+            self._unload_slow()  # a half-loaded adapter must not touch base images
             self._slow.paths.pop(key, None)
-            raise NotServable(f"adapter {key} cannot be loaded on this base: {exc}") from None
-        self._slow.loaded = key
+            raise NotServable(
+                f"adapter {key} cannot be loaded on this base: {type(exc).__name__}: {exc}"
+            ) from None
         self.active = key
 
     def _unload_slow(self) -> None:
@@ -226,8 +229,8 @@ class Engine:
         """Switch to the request's adapter and generate (device thread only)."""
         try:
             switch = self.switch_to(request.adapter, token)
-        except LoraplexError:
-            self._deactivate()  # after a failed load the next request starts from the base
+        except BaseException:
+            self._deactivate()  # after any failed load the next request starts from the base
             raise
         started = time.perf_counter()
         seed, images = self.run_pipe(request, output_type="pil")

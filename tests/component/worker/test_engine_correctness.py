@@ -298,3 +298,61 @@ def test_a_slow_path_load_that_fails_leaves_the_base_bit_exact(
         engine._activate_slow(AdapterKey("org/broken", "f" * 40), path)  # the slow path itself
     engine.switch_to(None)
     assert_matches(engine, references, None)
+
+
+def _with_bogus_metadata(demo_models, repo_id: str, component: str, tmp_path: Path) -> Path:
+    """The demo adapter with a LoraConfig field this peft does not know (as a newer peft
+    might write): diffusers raises TypeError while building the config."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    spec = next(s for s in ADAPTERS if s.repo_id == repo_id)
+    with safe_open(str(demo_models.path(repo_id) / spec.weight_name), "pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        metadata = dict(handle.metadata() or {})
+    config = json.loads(metadata["lora_adapter_metadata"])
+    config[f"{component}.bogus_field"] = 1
+    metadata["lora_adapter_metadata"] = json.dumps(config)
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    save_file(tensors, path, metadata=metadata)
+    return path
+
+
+def test_a_slow_load_failing_with_any_error_type_leaves_no_lora_behind(
+    engine: Engine, references: dict, demo_models, tmp_path: Path
+) -> None:
+    """diffusers injects the UNet layers, then raises TypeError on the text encoder's config:
+    the adapter is refused (422) and no peft layer stays in the base."""
+    from loraplex.worker.adapters import AdapterKey
+
+    spec = next(s for s in ADAPTERS if s.has_text_encoder)
+    path = _with_bogus_metadata(demo_models, spec.repo_id, "text_encoder", tmp_path)
+    with pytest.raises(NotServable, match="TypeError"):
+        engine._activate_slow(AdapterKey("org/newer-peft", "e" * 40), path)
+    layers = [n for n, _ in engine.unet.named_modules() if n.endswith("lora_A")]
+    assert layers == [], "a half-loaded adapter stayed in the UNet"
+    engine.switch_to(None)
+    assert_matches(engine, references, None)
+    engine.switch_to(AdapterRef(repo_id=LORA_R4))
+    assert_matches(engine, references, LORA_R4)
+    engine.switch_to(None)
+
+
+def test_unreadable_lora_metadata_on_the_fast_path_is_422(
+    engine: Engine, demo_models, tmp_path: Path
+) -> None:
+    from diffusers import StableDiffusionPipeline
+    from loraplex.worker.convert import convert
+
+    path = _with_bogus_metadata(demo_models, LORA_R4, "unet", tmp_path)
+    with pytest.raises(NotServable, match="metadata cannot be read"):
+        convert(
+            StableDiffusionPipeline,
+            path,
+            engine.unet,
+            engine.layout,
+            dtype=torch.float32,
+            pin_memory=False,
+        )

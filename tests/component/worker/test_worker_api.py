@@ -310,3 +310,20 @@ def test_a_base_that_cannot_load_fails_liveness_with_the_reason(hub_cache: Path)
         assert "loraplex-test/no-such-base" in error and "not found" in error
     finally:
         server.stop()
+
+
+def test_any_load_failure_fails_liveness(hub_cache: Path) -> None:
+    """E.g. a model_index.json naming a pipeline class this diffusers lacks (AttributeError):
+    the worker must not sit unready forever while liveness says it is fine."""
+
+    def unknown_pipeline_class(settings):
+        raise AttributeError("module diffusers has no attribute 'FuturePipeline'")
+
+    server = WorkerServer(
+        tiny_worker_settings(hub_cache), engine_factory=unknown_pipeline_class
+    ).start()
+    try:
+        wait_for(lambda: httpx.get(f"{server.url}/healthz").status_code == 503)
+        assert "FuturePipeline" in httpx.get(f"{server.url}/healthz").json()["error"]
+    finally:
+        server.stop()
