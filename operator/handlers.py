@@ -113,7 +113,7 @@ async def tick(
         )
         await reconcile(body=body, patch=patch, operator=runtime)
         return
-    memory = runtime.memory(pool)
+    memory = runtime.memory(pool, (body.get("status") or {}).get("desiredReplicas"))
     current = deployment["spec"].get("replicas") or 0
     ready = (deployment.get("status") or {}).get("readyReplicas") or 0
     obs = Observation(

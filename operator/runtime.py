@@ -89,10 +89,12 @@ class Runtime:
         await self.http.aclose()
         await self.kube.close()
 
-    def memory(self, pool: Pool) -> PoolMemory:
+    def memory(self, pool: Pool, last_desired: int | None = None) -> PoolMemory:
+        """The pool's policy; a new one starts from ``last_desired`` (status.desiredReplicas)."""
         memory = self.pools.get(pool.uid)
         if memory is None:
-            memory = self.pools[pool.uid] = PoolMemory(ScalingPolicy(pool.scaling))
+            policy = ScalingPolicy(pool.scaling, initial_replicas=last_desired)
+            memory = self.pools[pool.uid] = PoolMemory(policy)
         else:
             memory.policy.update_spec(pool.scaling)
         return memory

@@ -98,9 +98,12 @@ class ScalingPolicy:
     which pins the pool to that size (autoscaling paused) until the field is removed.
     """
 
-    def __init__(self, spec: ScalingSpec) -> None:
+    def __init__(self, spec: ScalingSpec, initial_replicas: int | None = None) -> None:
+        """``initial_replicas``: what this pool was last scaled to before this policy existed
+        (the pool's ``status.desiredReplicas`` after an operator restart or failover)."""
         spec.validate()
         self.spec = spec
+        self._initial = initial_replicas
         self._history: deque[tuple[float, int]] = deque()  # (time, recommendation)
         self._last_active: float | None = None  # last time with traffic or pending
 
@@ -122,12 +125,13 @@ class ScalingPolicy:
         spec = self.spec
         if obs.rate > 0 or obs.pending > 0 or self._last_active is None:
             self._last_active = obs.now
-        if not self._history:
-            # A new policy (operator restart, failover, first scrape without a rate yet) knows
-            # no past: count the replicas running now as a recommendation made just before
-            # this tick, as the HPA does, so a busy pool is not cut to 1 before a rate exists.
-            # It sits outside a zero-length scale-up window, so scale-up stays immediate.
-            self._history.append((obs.now - _SEED_AGE_S, obs.current_replicas))
+        if not self._history and self._initial is not None:
+            # A policy that replaces another (operator restart, failover; the first scrape has
+            # no rate yet) counts the last decided replicas as a recommendation made just
+            # before this tick, as the HPA does, so a busy pool is not cut to 1 before a rate
+            # exists. It sits outside a zero-length scale-up window: scale-up stays immediate.
+            # Not the Deployment's current count: that may be a manual `kubectl scale`.
+            self._history.append((obs.now - _SEED_AGE_S, self._initial))
         recommended = self.recommend(obs)
         self._remember(obs.now, recommended)
         current = obs.current_replicas
