@@ -14,9 +14,10 @@ keeps the 32 most popular adapters resident forever — the ceiling for any pick
 Finding: the issue's goal ``rr_over_affinity ≥ 3`` cannot be met on this stream by any picker.
 With Zipf(1.1) over 500 adapters the 32 most popular hold only 68 % of requests, so even the
 clairvoyant placement loads on 32 % of requests while round-robin (each replica an 8-slot LRU
-over the whole stream) loads on ~71 %: the ceiling is ~2.2. Measured: affinity ~1.25 at the
-default bound of 2 queued per replica; raising the bound trades waiting for loads (bound 6:
-~1.45 with ~2.7× the mean wait; unbounded: ~1.5 with queues that grow without limit).
+over the whole stream) loads on ~71 %: the ceiling is ~2.2. Measured: affinity 1.38 at the
+default bound (2 more queued than the shortest queue), with a shorter mean wait than
+round-robin; the earlier absolute bound (2 queued) gave 1.25. A larger bound trades waiting
+for loads (a relative bound of 4: ~1.51 with ~1.2× the wait).
 
 Run: ``python bench/affinity.py [--requests N]`` (about 2 s for the default 20,000).
 """

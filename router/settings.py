@@ -80,8 +80,8 @@ class RouterSettings(ComponentSettings):
     max_queue_per_replica: int = Field(
         2,
         ge=1,
-        description="Affinity bound: a replica with this many queued requests only gets more "
-        "when no other replica has room — spreads a hot adapter.",
+        description="Affinity bound: a replica whose queue is this many requests longer than "
+        "the pool's shortest gets no request for its warm adapter — spreads a hot adapter.",
     )
     attempts: int = Field(
         3, ge=1, description="Replicas tried per request before 502 (failures before the answer)."

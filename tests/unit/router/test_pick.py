@@ -70,12 +70,14 @@ def test_affinity_spreads_a_hot_adapter_once_its_replica_is_full() -> None:
     assert picker.pick([view("warm", 1, active=A), idle], A).endpoint == "http://warm"
 
 
-def test_affinity_when_saturated_takes_the_least_loaded() -> None:
+def test_affinity_bound_is_relative_to_the_shortest_queue() -> None:
     picker = AdapterAffinityPicker(max_queue_per_replica=2)
-    warm_long = view("warm", 9, active=A)
     cold_short = view("cold", 3)
-    assert picker.pick([warm_long, cold_short], A) is cold_short
-    # Equal queues when saturated: the warm one wins.
+    # Far beyond the shortest queue: the least-loaded replica takes it.
+    assert picker.pick([view("warm", 9, active=A), cold_short], A) is cold_short
+    # Under heavy load every queue is long; within the bound of the shortest, warm still wins
+    # (an absolute bound of 2 would have dropped affinity here).
+    assert picker.pick([view("warm", 4, active=A), cold_short], A).endpoint == "http://warm"
     assert picker.pick([view("w", 3, resident=[A]), cold_short], A).endpoint == "http://w"
 
 
