@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import logging
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -72,7 +73,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, operator: Runtime, **_: 
         replicas = pool.scaling.min_replicas
     did = await runtime.kube.ensure(res.build_deployment(pool, replicas), current)
     await runtime.kube.ensure(res.build_service(pool), service)
-    runtime.memory(pool).last_written = replicas
+    runtime.memory(pool, last_desired(body)).last_written = replicas
     log.info("pool %s/%s: Deployment %s (%d replicas)", pool.namespace, pool.name, did, replicas)
     patch.status.update(
         {
@@ -113,7 +114,7 @@ async def tick(
         )
         await reconcile(body=body, patch=patch, operator=runtime)
         return
-    memory = runtime.memory(pool, (body.get("status") or {}).get("desiredReplicas"))
+    memory = runtime.memory(pool, last_desired(body))
     current = deployment["spec"].get("replicas") or 0
     ready = (deployment.get("status") or {}).get("readyReplicas") or 0
     obs = Observation(
@@ -196,6 +197,12 @@ def _write_status(
             ),
         }
     )
+
+
+def last_desired(body: Mapping[str, Any]) -> int | None:
+    """The replicas the operator last decided for a pool (kept in its status across restarts);
+    whichever handler meets the pool first after a restart seeds its policy with them."""
+    return (body.get("status") or {}).get("desiredReplicas")
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorSettings) -> None:

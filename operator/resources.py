@@ -265,8 +265,9 @@ def _pod_spec(pool: Pool) -> dict[str, Any]:
         "volumes": [{"name": "model-cache", **cache}, {"name": "tmp", "emptyDir": {}}],
     }
     for key in ("nodeSelector", "tolerations", "affinity", "serviceAccountName"):
-        if worker.get(key):
-            spec[key] = worker[key]
+        # None, not omitted, when the pool has none: the merge patch then removes a value
+        # the pool used to set, and drifted() sees that one is still there.
+        spec[key] = worker.get(key) or None
     return spec
 
 
@@ -309,19 +310,50 @@ def build_service(pool: Pool) -> dict[str, Any]:
     }
 
 
-def drifted(desired: Any, actual: Any) -> bool:
+def drifted(desired: Any, actual: Any, key: str = "") -> bool:
     """True when ``actual`` lacks or changed something in ``desired`` (extra fields, e.g.
-    server defaults, are fine). Lists must match element by element."""
+    server defaults, are fine; a desired ``None`` means "must be absent"). Lists must match
+    element by element. The API server's own rewrites are not drift: quantities in canonical
+    form (``16384Mi`` → ``16Gi``, ``0.5`` → ``500m``) and empty strings it drops."""
     if isinstance(desired, Mapping):
         if not isinstance(actual, Mapping):
             return True
-        return any(drifted(value, actual.get(key)) for key, value in desired.items())
+        return any(drifted(value, actual.get(name), name) for name, value in desired.items())
     if isinstance(desired, list):
         if not isinstance(actual, list) or len(actual) != len(desired):
             return True
-        return any(drifted(d, a) for d, a in zip(desired, actual, strict=True))
+        return any(drifted(d, a, key) for d, a in zip(desired, actual, strict=True))
+    if desired == "" and actual is None:
+        return False
+    if key in QUANTITY_KEYS:
+        wanted, have = quantity_value(desired), quantity_value(actual)
+        if wanted is not None and have is not None:
+            return wanted != have
     # The API server may hand back 1 as "1" (e.g. resource quantities read as strings).
     return bool(desired != actual and str(desired) != str(actual))
+
+
+# Keys whose values are Kubernetes quantities in the objects we build.
+QUANTITY_KEYS = frozenset({"cpu", "memory", "nvidia.com/gpu", "ephemeral-storage", "sizeLimit"})
+_QUANTITY = re.compile(r"([+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)(m|k|[KMGTPE]i?)?")
+_QUANTITY_SCALE = {
+    "m": Decimal("0.001"),
+    "k": Decimal(10**3),
+    "": Decimal(1),
+    **{s: Decimal(10 ** (3 * i)) for i, s in enumerate("KMGTPE", start=1) if s != "K"},
+    **{f"{s}i": Decimal(2 ** (10 * i)) for i, s in enumerate("KMGTPE", start=1)},
+}
+
+
+def quantity_value(value: Any) -> Decimal | None:
+    """The number a Kubernetes quantity stands for, or None when ``value`` is not one."""
+    match = _QUANTITY.fullmatch(str(value).strip()) if value is not None else None
+    if match is None:
+        return None
+    try:
+        return Decimal(match.group(1)) * _QUANTITY_SCALE[match.group(2) or ""]
+    except (InvalidOperation, KeyError):
+        return None
 
 
 def condition(

@@ -140,6 +140,35 @@ def test_drifted_ignores_server_defaults_but_sees_changes() -> None:
     assert res.drifted(desired, None)
 
 
+def test_drifted_accepts_the_api_servers_rewrites() -> None:
+    """The API server stores quantities in canonical form and drops empty env values."""
+    desired = {
+        "resources": {"limits": {"memory": "16384Mi", "cpu": "0.5", "nvidia.com/gpu": 1}},
+        "volumes": [{"emptyDir": {"sizeLimit": "1024Mi"}}],
+        "env": [{"name": "A", "value": ""}],
+    }
+    served = {
+        "resources": {"limits": {"memory": "16Gi", "cpu": "500m", "nvidia.com/gpu": "1"}},
+        "volumes": [{"emptyDir": {"sizeLimit": "1Gi"}}],
+        "env": [{"name": "A"}],
+    }
+    assert not res.drifted(desired, served)
+    served["resources"]["limits"]["memory"] = "8Gi"
+    assert res.drifted(desired, served)
+
+
+def test_fields_removed_from_the_pool_are_removed_from_the_deployment() -> None:
+    """Absent optional pod fields are built as None: the merge patch deletes them, and a
+    Deployment that still has them counts as drifted."""
+    image = "img:1"
+    worker = {"nodeSelector": {"gpu": "a10g"}, "tolerations": [{"key": "gpu"}]}
+    live = res.build_deployment(res.parse_pool(body(worker=worker), image), 1)
+    plain = res.build_deployment(res.parse_pool(body(), image), 1)
+    assert plain["spec"]["template"]["spec"]["nodeSelector"] is None
+    assert res.drifted(plain, live)
+    assert not res.drifted(plain, res.build_deployment(res.parse_pool(body(), image), 1))
+
+
 def test_condition_keeps_transition_time_until_status_changes() -> None:
     t0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     t1 = t0 + datetime.timedelta(minutes=5)
