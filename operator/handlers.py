@@ -6,7 +6,8 @@
   is created.
 * a timer every ``interval_s`` → :func:`tick`: repair drift, read rate and pending, ask the
   policy, write replicas and status, export metrics.
-* delete (optional: no finalizer) → forget the pool's policy and metric series.
+* delete → forget the pool's policy and metric series (``optional``: it adds no finalizer of
+  its own; the timer's finalizer makes kopf see the deletion and run it).
 
 Register them on an explicit registry with :func:`register` (no global registry).
 """
