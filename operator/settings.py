@@ -73,8 +73,8 @@ class OperatorSettings(ComponentSettings):
         "a pool's target is often well under one request per second (an SDXL image takes "
         "~8 s), and over a 10 s window one extra request reads as a whole extra replica, "
         "which the scale-down window then keeps for minutes — `loraplex simulate --scenario "
-        "seed-blog` measured 16.3 GPU-hours at 10 s against 7.9 at 60 s for a p95 of 13.9 vs "
-        "17.1 s. A step in traffic still adds replicas at the next tick (in proportion to how "
+        "seed-blog` measured 15.1 GPU-hours at 10 s against 7.8 at 60 s for a p95 of 14.6 vs "
+        "17.3 s. A step in traffic still adds replicas at the next tick (in proportion to how "
         "much of the window it fills), and a request waiting on an empty pool scales it from "
         "zero at once through `pending`, whatever the window.",
     )

@@ -10,7 +10,7 @@ workers exist, is decided by the project's real picker and scaling policy (see
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -149,17 +149,22 @@ class Recorder:
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)
     # base → (picker, scaling policy or None): the policy objects this run really used
     parts: dict[str, tuple[object, object | None]] = field(default_factory=dict)
+    # base → requests answered (completed or rejected): the router counts
+    # loraplex_router_requests_total when it answers, so this is what the operator scrapes.
+    answered: Counter[str] = field(default_factory=Counter)
 
     def _resolved(self) -> None:
         if len(self.latencies) + len(self.rejected) == self.total and not self.done.triggered:
             self.done.succeed()
 
     def complete(self, request: Request, now: float, tier: str) -> None:
+        self.answered[request.base] += 1
         self.latencies[request.index] = now - request.time
         self.tiers[request.index] = tier
         self._resolved()
 
     def reject(self, request: Request, reason: str) -> None:
+        self.answered[request.base] += 1
         self.rejected[request.index] = reason
         self._resolved()
 

@@ -60,7 +60,6 @@ class Pool:
         self.env, self.name, self.picker, self.recorder, self.cfg = env, name, picker, recorder, cfg
         self.replicas: list[Replica] = []
         self.pending: deque[Request] = deque()
-        self.requests_total = 0  # the router's loraplex_router_requests_total for this base
         self._by_name: dict[str, Replica] = {}
         self._make_adapters = make_adapters
         self._inference_s = inference_s
@@ -90,7 +89,6 @@ class Pool:
         return [r for r in self.replicas if r.ready and not r.draining]
 
     def submit(self, request: Request) -> None:
-        self.requests_total += 1
         ready = self.ready()
         if ready:
             self._dispatch(request, ready)
@@ -324,7 +322,8 @@ def run_loraplex(traffic: Traffic, cfg: SimConfig) -> Recorder:
             yield env.timeout(interval)
             pool.expire_pending()
             scrape = RouterSample(
-                requests={base: float(pool.requests_total)}, pending={base: len(pool.pending)}
+                requests={base: float(pool.recorder.answered[base])},
+                pending={base: len(pool.pending)},
             )
             rates.observe(env.now, {"router": scrape})
             snapshot = rates.snapshot()

@@ -78,7 +78,8 @@ def load_traffic(cfg: TrafficConfig, rate_multiplier: float = 1.0) -> Traffic:
         traffic = load_trace(cfg.trace, cfg.default_base)
         if rate_multiplier != 1.0:
             traffic = traffic.scaled(rate_multiplier, cfg.warmup_s + cfg.horizon_s)
-        return traffic.with_warmup(cfg.warmup_s)
+        # A trace replayed k× faster is k× shorter: its warm-up shrinks with it.
+        return traffic.with_warmup(cfg.warmup_s / rate_multiplier)
     rate = cfg.synthetic.rate_per_s * rate_multiplier
     spec = cfg.synthetic.model_copy(update={"rate_per_s": rate})
     end = cfg.warmup_s + cfg.horizon_s

@@ -122,7 +122,8 @@ def test_swapping_the_scaling_policy_changes_the_figures(monkeypatch) -> None:
 
 def test_operator_loop_feeds_the_policy_what_the_operator_measures(monkeypatch) -> None:
     """Every tick the policy sees the operator's CounterRates over the router's counter:
-    requests of its base in the last ``rate_window_s``, and pending only with no ready replica."""
+    requests of its base *answered* in the last ``rate_window_s`` (the router counts when it
+    answers), and pending only with no ready replica."""
     seen: list = []
     original = scaling.ScalingPolicy.decide
 
@@ -135,16 +136,20 @@ def test_operator_loop_feeds_the_policy_what_the_operator_measures(monkeypatch) 
     traffic = load_traffic(cfg.traffic)
     recorder = scenarios.run_loraplex(traffic, cfg)
     base_of = {id(policy): base for base, (_, policy) in recorder.parts.items()}
+    assert not recorder.rejected  # so every request has an answer time below
+    answered_at = {r.index: r.time + recorder.latencies[r.index] for r in traffic.requests}
     interval, window = cfg.scenarios.operator_interval_s, cfg.scenarios.rate_window_s
     assert seen and all(o.now % interval == pytest.approx(0, abs=1e-6) for _, o in seen)
     checked = 0
     for policy, o in seen:
         if window + interval <= o.now <= traffic.horizon_s:
             base = base_of[id(policy)]
-            sent = sum(
-                1 for r in traffic.requests if r.base == base and o.now - window < r.time <= o.now
+            answered = sum(
+                1
+                for r in traffic.requests
+                if r.base == base and o.now - window < answered_at[r.index] <= o.now
             )
-            assert o.rate == pytest.approx(sent / window)
+            assert o.rate == pytest.approx(answered / window)
             checked += 1
     assert checked > 100
     assert any(o.pending > 0 for _, o in seen)  # min_replicas=0: the first requests are held

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from loraplex.simulate.config import Burst, SyntheticTraffic
+from loraplex.simulate.config import Burst, SyntheticTraffic, TrafficConfig
 from loraplex.simulate.traffic import (
     TraceError,
     cold_adapters,
     distinct_per_window,
     load_trace,
+    load_traffic,
     synthesize,
 )
 
@@ -105,3 +106,15 @@ def test_cold_adapters_and_distinct_per_window(tmp_path: Path) -> None:
     # 59 whole windows in 7,199 s (the partial last one is dropped): the hot adapter is in
     # every one, me/rare in one, me/rare2 only in the partial window.
     assert distinct_per_window(traffic, 120.0) == pytest.approx(60 / 59)
+
+
+def test_a_trace_replayed_faster_keeps_its_warm_up_in_proportion(tmp_path: Path) -> None:
+    """Sizing at 100× replays a 2 h trace in 72 s: its 600 s warm-up must shrink too."""
+    trace = tmp_path / "two-hours.csv"
+    rows = "".join(f"{t},me/lora-{t % 7},sdxl\n" for t in range(0, 7200, 10))
+    trace.write_text("time,model_id,base_model\n" + rows)
+    cfg = TrafficConfig(trace=trace, warmup_s=600.0)
+    normal = load_traffic(cfg)
+    fast = load_traffic(cfg, rate_multiplier=100.0)
+    assert len(fast.requests) == len(normal.requests)
+    assert fast.horizon_s == pytest.approx(normal.horizon_s / 100, rel=0.01)
