@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
 import socket
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +46,7 @@ from loraplex.supervise import ChildSpec, Supervisor
 
 log = logging.getLogger("loraplex.up")
 
+LOCAL_HUB_CACHE = Path.home() / ".cache" / "loraplex" / "local-hub"
 READY_TIMEOUT_S = 600.0  # first start on a real Hub downloads gigabytes; the demo takes seconds
 
 
@@ -60,14 +59,21 @@ class LocalRepos:
 
 
 def scan_models_dir(root: Path) -> LocalRepos:
-    """Find Hub-layout repos ``root/<org>/<name>/``: bases have ``model_index.json``."""
+    """Find Hub-layout repos ``root/<org>/<name>/``: bases have ``model_index.json``; LoRAs
+    listed are the open ones (not gated or private by card or ``.hub-access.json``)."""
     bases: list[str] = []
     loras: dict[str, tuple[str, ...]] = {}
+    rules = RepoStore(root).access_rules()
+    closed = {*rules.get("gated", []), *rules.get("private", [])}
     for repo_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
         repo_id = f"{repo_dir.parent.name}/{repo_dir.name}"
         if repo_dir.parent.name.startswith("."):
             continue
-        validate_model_id(repo_id)
+        try:
+            validate_model_id(repo_id)
+        except BadRequest as exc:
+            log.warning("skipping %s: %s", repo_dir, exc.message)
+            continue
         if (repo_dir / "model_index.json").is_file():
             bases.append(repo_id)
             continue
@@ -75,9 +81,29 @@ def scan_models_dir(root: Path) -> LocalRepos:
         meta = metadata_load(card) if card.is_file() else None
         if not meta or "lora" not in (meta.get("tags") or []) or meta.get("gated"):
             continue
+        if repo_id in closed:
+            continue
         base = meta.get("base_model")
         loras[repo_id] = tuple(base if isinstance(base, list) else [base] if base else [])
     return LocalRepos(bases=tuple(bases), loras=loras)
+
+
+def url_host(host: str) -> str:
+    """The host part of a URL for a listen address: loopback for a wildcard, IPv6 bracketed."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def check_port_free(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (another loraplex up, say), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port"
+    return None
 
 
 def free_port(host: str) -> int:
@@ -125,10 +151,8 @@ def router_spec(
     ]
     if not args.hub:
         argv += ["--models-dir", str(args.models)]
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    return ChildSpec(
-        name="router", argv=argv, env=env, ready_url=f"http://{host}:{args.port}/readyz"
-    )
+    ready_url = f"http://{url_host(args.host)}:{args.port}/readyz"
+    return ChildSpec(name="router", argv=argv, env=env, ready_url=ready_url)
 
 
 def usage_lines(url: str, base: str, lora: str | None) -> list[str]:
@@ -170,10 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8080, help="router port (default 8080)")
     parser.add_argument("--replicas", type=int, default=1, help="workers per base (default 1)")
     parser.add_argument(
-        "--cache-dir", type=Path, help="HF cache for the workers (default: a temporary folder)"
+        "--cache-dir",
+        type=Path,
+        help="HF cache of the workers (default with --models: ~/.cache/loraplex/local-hub, "
+        "kept across runs; with --hub: huggingface_hub's own cache)",
     )
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
+    )
     return parser
 
 
@@ -204,48 +233,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
-    with contextlib.ExitStack() as stack:
-        cache_dir = args.cache_dir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="loraplex-hf-"))
-        )
-        env = {
-            "HF_HUB_CACHE": str(cache_dir),
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "TRANSFORMERS_VERBOSITY": "error",
-            "LORAPLEX_ROUTER_LOG_LEVEL": args.log_level,
-        }
-        if args.log_json:
-            env["LORAPLEX_ROUTER_LOG_JSON"] = "true"
-        hub_server: uvicorn.Server | None = None
-        if args.hub:
-            bases, example_lora = tuple(args.base_model), None
-        else:
-            repos = scan_models_dir(args.models)
-            if not repos.bases:
-                log.error("no base-model repo (with model_index.json) in %s", args.models)
-                return 2
-            bases = tuple(args.base_model) or repos.bases
-            unknown = sorted(set(bases) - set(repos.bases))
-            if unknown:
-                log.error(
-                    "--base-model %s: no such base (with model_index.json) in %s; bases there: %s",
-                    ", ".join(unknown),
-                    args.models,
-                    ", ".join(repos.bases),
-                )
-                return 2
-            example_lora = next(
-                (lora for lora, lora_bases in repos.loras.items() if set(lora_bases) & set(bases)),
-                None,
+    busy = check_port_free(args.host, args.port)
+    if busy is not None:
+        log.error("%s", busy)
+        return 2
+    env = child_env(args)
+    hub_server: uvicorn.Server | None = None
+    if args.hub:
+        bases, example_lora = tuple(args.base_model), None
+    else:
+        repos = scan_models_dir(args.models)
+        bases = tuple(args.base_model) or repos.bases
+        unknown = sorted(set(bases) - set(repos.bases))
+        if not bases or unknown:
+            log.error(
+                "no base model %s in %s (a base is a folder with model_index.json); bases "
+                "there: %s",
+                ", ".join(unknown),
+                args.models,
+                ", ".join(repos.bases) or "none",
             )
-            hub_server, hub_url = await start_local_hub(args.models)
-            env["HF_ENDPOINT"] = hub_url
-        try:
-            return await serve(args, bases, example_lora, env)
-        finally:
-            if hub_server is not None:
-                hub_server.should_exit = True
+            return 2
+        example_lora = next(
+            (lora for lora, lora_bases in repos.loras.items() if set(lora_bases) & set(bases)),
+            None,
+        )
+        hub_server, env["HF_ENDPOINT"] = await start_local_hub(args.models)
+    try:
+        return await serve(args, bases, example_lora, env)
+    finally:
+        if hub_server is not None:
+            hub_server.should_exit = True
+
+
+def child_env(args: argparse.Namespace) -> dict[str, str]:
+    """Environment every child gets on top of ours."""
+    env = {
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "LORAPLEX_ROUTER_LOG_LEVEL": args.log_level,
+    }
+    # A cache of its own for the local Hub: its commits are content hashes of DIR, which must
+    # not mix with real Hub repos of the same name in the user's HF cache.
+    cache_dir = args.cache_dir or (None if args.hub else LOCAL_HUB_CACHE)
+    if cache_dir is not None:
+        env["HF_HUB_CACHE"] = str(cache_dir)
+    if args.log_json:
+        env["LORAPLEX_ROUTER_LOG_JSON"] = "true"
+    return env
 
 
 async def start_local_hub(root: Path) -> tuple[uvicorn.Server, str]:
@@ -287,11 +323,14 @@ async def serve(
         await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             return 0  # stopped while starting
-        if ready.exception() is not None:
-            log.error("not ready after %.0f s; stopping", READY_TIMEOUT_S)
+        failure = ready.exception()
+        if failure is not None:
+            why = str(failure) or f"not ready after {READY_TIMEOUT_S:.0f} s"
+            log.error("%s; stopping", why)
             return 1
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        for line in usage_lines(f"http://{host}:{args.port}", bases[0], example_lora):
+        for line in usage_lines(
+            f"http://{url_host(args.host)}:{args.port}", bases[0], example_lora
+        ):
             print(line, flush=True)
         await stopped
         return 0

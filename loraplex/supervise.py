@@ -53,6 +53,13 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ever_ready: bool = False
+    failed_starts: int = 0  # exits before it was ever ready
+    gave_up: str | None = None  # why we stopped restarting it
+
+
+class ChildFailed(RuntimeError):
+    """A child exited again and again before it was ever ready (a bad setting, a busy port)."""
 
 
 class Supervisor:
@@ -71,13 +78,16 @@ class Supervisor:
         max_backoff_s: float = 10.0,
         stable_after_s: float = 30.0,
         stop_timeout_s: float = 20.0,
+        max_failed_starts: int = 3,
     ) -> None:
         self.children = {spec.name: Child(spec) for spec in specs}
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
         self._stable_after_s = stable_after_s
         self._stop_timeout_s = stop_timeout_s
+        self._max_failed_starts = max_failed_starts
         self._stopping = False
+        self._changed = asyncio.Event()  # a child became ready or was given up
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -105,6 +115,15 @@ class Supervisor:
             if self._stopping:
                 return
             uptime = time.monotonic() - child.started_at
+            if not child.ever_ready:
+                child.failed_starts += 1
+                if child.failed_starts >= self._max_failed_starts:
+                    # It never came up: restarting forever would hide a bad setting.
+                    child.gave_up = f"{child.spec.name} exited {child.failed_starts} times with "
+                    child.gave_up += f"code {code} before it was ever ready; see its log above"
+                    log.error("%s", child.gave_up)
+                    self._changed.set()
+                    return
             if uptime >= self._stable_after_s:
                 backoff = self._min_backoff_s
             child.restarts += 1
@@ -125,16 +144,28 @@ class Supervisor:
         async with httpx.AsyncClient(timeout=2.0) as client:
             while True:
                 with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(child.spec.ready_url)).status_code == 200:
+                    answer = await client.get(child.spec.ready_url)
+                    alive = child.process is not None and child.process.returncode is None
+                    if answer.status_code == 200 and alive:
                         child.ready.set()
+                        child.ever_ready = True
+                        self._changed.set()
                         log.info("%s is ready", child.spec.name)
                         return
                 await asyncio.sleep(0.2)  # poll interval of the readiness probe
 
     async def wait_ready(self, timeout_s: float) -> None:
-        """Wait until every child answered its readiness probe, or raise TimeoutError."""
-        waits = [child.ready.wait() for child in self.children.values()]
-        await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
+        """Wait until every child answered its readiness probe; TimeoutError after
+        ``timeout_s``, ChildFailed as soon as one was given up."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                self._changed.clear()  # before the checks: no change can slip in between
+                failed = [c.gave_up for c in self.children.values() if c.gave_up]
+                if failed:
+                    raise ChildFailed("; ".join(failed))
+                if all(c.ready.is_set() for c in self.children.values()):
+                    return
+                await self._changed.wait()
 
     async def stop(self) -> None:
         """SIGTERM every child, wait for them, SIGKILL the ones that outstay the timeout."""

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from loraplex.local import build_parser, check_args, scan_models_dir, usage_lines, worker_specs
+from loraplex.local import (
+    build_parser,
+    check_args,
+    check_port_free,
+    main,
+    scan_models_dir,
+    url_host,
+    usage_lines,
+    worker_specs,
+)
 from loraplex.logs import configure_logging
 
 
@@ -29,6 +40,9 @@ def test_scan_finds_bases_and_loras_by_card(tmp_path: Path) -> None:
     repo(tmp_path, "org/gated", "base_model: org/base\ntags: [lora]\ngated: true")
     repo(tmp_path, "org/nocard", None)
     repo(tmp_path, ".cache/x", "tags: [lora]")
+    repo(tmp_path, "org/private-lora", "base_model: org/base\ntags: [lora]")
+    repo(tmp_path, "My Org/x", "base_model: org/base\ntags: [lora]")  # not a repo id: skipped
+    (tmp_path / ".hub-access.json").write_text('{"private": ["org/private-lora"]}')
     found = scan_models_dir(tmp_path)
     assert found.bases == ("org/base",)
     assert found.loras == {"org/listed": ("x/y", "org/base"), "org/lora": ("org/base",)}
@@ -84,3 +98,20 @@ def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -
     assert [(e["logger"], e["msg"], e["level"]) for e in lines] == [
         ("loraplex.test", "hello world", "info")
     ]
+
+
+def test_url_host_brackets_ipv6_and_maps_wildcards_to_loopback() -> None:
+    assert url_host("::1") == "[::1]"
+    assert url_host("0.0.0.0") == "127.0.0.1" and url_host("127.0.0.1") == "127.0.0.1"
+
+
+def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    repo(tmp_path, "org/base", "tags: [text-to-image]", base=True)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        code = main(["--models", str(tmp_path), "--port", str(port)])
+    assert code == 2 and time.monotonic() - started < 5
+    assert check_port_free("127.0.0.1", port) is None  # free again once released
