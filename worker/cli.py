@@ -51,6 +51,15 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def quiet_progress_bars() -> None:
+    """A server's log is read line by line: no tqdm bars from loading the pipeline."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -62,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         )
     configure_logging(args.log_level, json_lines=args.json_logs)
+    quiet_progress_bars()
     pin_malloc_thresholds()
     uvicorn.run(
         create_app(settings),
