@@ -13,8 +13,9 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from loraplex.errors import BadRequest
 
-# Branch names, tags and 40-hex commits; refs/pr/N for pull requests. No "..", no leading "/".
-_REVISION = re.compile(r"^(?!.*\.\.)(?!/)[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+# Branch names, tags and 40-hex commits; refs/pr/N for pull requests. Whole string only (no
+# trailing newline), no "..", no empty or dot-led path segments, no leading or trailing "/".
+_REVISION = re.compile(r"(?!.*\.\.)(?!.*//)(?!.*/\.)(?!.*/$)[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 
 
 def validate_model_id(model_id: str) -> str:
@@ -38,7 +39,7 @@ def validate_model_id(model_id: str) -> str:
 
 def validate_revision(revision: str) -> str:
     """Return ``revision`` if it is a branch, tag or commit name, else raise BadRequest."""
-    if not _REVISION.match(revision or ""):
+    if not _REVISION.fullmatch(revision or ""):
         raise BadRequest(
             f"revision {revision!r} is not a valid branch, tag or commit "
             "(letters, digits, '.', '_', '-', '/'; no '..')"

@@ -177,7 +177,10 @@ class Forwarder:
             ) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             pool.mark_failed(endpoint)
-            log.warning("worker %s failed before answering: %r", endpoint, exc)
+            # %s, never %r: an aiohttp error's repr holds the request headers (the user's token).
+            log.warning(
+                "worker %s failed before answering: %s: %s", endpoint, type(exc).__name__, exc
+            )
             raise _RetryableError(f"{type(exc).__name__} from a worker") from None
         finally:
             if release and replica is not None:

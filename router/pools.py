@@ -23,7 +23,6 @@ from typing import Protocol
 
 import aiohttp
 from loraplex.router.pick import ReplicaView
-from pydantic import ValidationError
 
 from loraplex.contract import Headers, WorkerState
 
@@ -163,6 +162,22 @@ class StaticPoolSource:
         return None
 
 
+MAX_STATE_BYTES = 1 << 20  # a state of ~10,000 adapter keys; more is a broken or hostile worker
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or ValueError once it passes ``limit`` bytes (never held in full)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise ValueError(f"state answer of {resp.content_length} bytes is over {limit}")
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"state answer over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class StatePoller:
     """Polls ``GET /v1/state`` of every replica every ``interval_s`` (concurrently)."""
 
@@ -194,22 +209,36 @@ class StatePoller:
         await asyncio.gather(*(self._poll(pool, replica) for pool, replica in pairs))
 
     async def _run(self) -> None:
-        while True:
-            await self.poll_once()
-            await asyncio.sleep(self.interval_s)
+        # One poll in flight per replica, started every interval: a hung replica delays only
+        # its own next poll, not the pool's (waiting for all would stretch every cycle).
+        inflight: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                pairs = self.registry.replicas()
+                for pool, replica in pairs:
+                    task = inflight.get(replica.endpoint)
+                    if task is None or task.done():
+                        inflight[replica.endpoint] = asyncio.create_task(self._poll(pool, replica))
+                live = {replica.endpoint for _, replica in pairs}
+                for endpoint in [e for e in inflight if e not in live]:
+                    inflight.pop(endpoint).cancel()
+                await asyncio.sleep(self.interval_s)
+        finally:
+            for task in inflight.values():
+                task.cancel()
 
     async def _poll(self, pool: Pool, replica: ReplicaState) -> None:
         try:
             async with self.session.get(
                 f"{replica.endpoint}/v1/state", timeout=self.timeout
             ) as resp:
-                body = await resp.read()
                 if resp.status != 200:
                     raise aiohttp.ClientResponseError(
                         resp.request_info, (), status=resp.status, message="state poll failed"
                     )
+                body = await _read_capped(resp, MAX_STATE_BYTES)
             state = WorkerState.model_validate_json(body)
-        except (aiohttp.ClientError, TimeoutError, ValidationError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # ValidationError too
             if replica.ready:
                 log.warning(
                     "replica %s of %s not ready: %s", replica.endpoint, pool.base_model, exc

@@ -135,7 +135,12 @@ class KubernetesPoolSource:
             return
         exc = task.exception()
         if exc is not None and self._registry is not None:
-            log.error("watch %s stopped: %r; marking the router not ready", task.get_name(), exc)
+            log.error(
+                "watch %s stopped: %s: %s; marking the router not ready",
+                task.get_name(),
+                type(exc).__name__,
+                exc,
+            )
             self._registry.synced = False
 
     async def stop(self) -> None:
@@ -184,6 +189,8 @@ class KubernetesPoolSource:
         while True:
             try:
                 listing = await list_fn(*args, **kwargs, _preload_content=False)
+                if listing.status != 200:  # unpreloaded answers are not raised for us
+                    raise ApiException(status=listing.status, reason=listing.reason)
                 body = await listing.json()
                 self._replace_all(what, body.get("items") or [], apply)
                 version = (body.get("metadata") or {}).get("resourceVersion")
@@ -203,7 +210,8 @@ class KubernetesPoolSource:
                     log.warning("watch of %s failed (%s); relisting", what, exc.status)
                     await asyncio.sleep(RELIST_BACKOFF_S)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("watch of %s lost (%r); relisting", what, exc)
+                # %s, never %r: an aiohttp error's repr holds the request's Authorization header.
+                log.warning("watch of %s lost (%s: %s); relisting", what, type(exc).__name__, exc)
                 await asyncio.sleep(RELIST_BACKOFF_S)
 
     def _replace_all(

@@ -59,7 +59,7 @@ except ImportError:  # pragma: no cover - depends on the installed huggingface_h
     from httpx import HTTPError as HubTransportError
 
 log = logging.getLogger(__name__)
-COMMIT = re.compile(r"^[0-9a-f]{40}$")
+COMMIT = re.compile(r"[0-9a-f]{40}")  # used with fullmatch: no trailing newline
 BASE_MODEL_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
 
 
@@ -94,7 +94,7 @@ class HubFetcher:
 
     def resolve(self, ref: AdapterRef, token: str | None) -> AdapterKey:
         """The (repo, commit) key of ``ref``; a branch or tag costs one Hub call per TTL."""
-        if COMMIT.match(ref.revision):
+        if COMMIT.fullmatch(ref.revision):
             return AdapterKey(ref.repo_id, ref.revision)
         now = self._clock()
         with self._lock:

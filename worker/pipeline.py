@@ -203,7 +203,10 @@ class Engine:
         self._slow.loaded = key
         try:
             self.pipe.load_lora_weights(
-                str(path.parent), weight_name=path.name, adapter_name=SLOW_ADAPTER_NAME
+                str(path.parent),
+                weight_name=path.name,
+                adapter_name=SLOW_ADAPTER_NAME,
+                use_safetensors=True,  # never diffusers' pickle fallback
             )
         except Exception as exc:  # noqa: BLE001 - diffusers/peft raise many types on bad files
             self._unload_slow()  # a half-loaded adapter must not touch base images

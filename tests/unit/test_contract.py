@@ -62,7 +62,7 @@ def test_good_model_ids_pass(good: str) -> None:
 def test_revisions() -> None:
     assert validate_revision("a" * 40) == "a" * 40
     assert validate_revision("refs/pr/1") == "refs/pr/1"
-    for bad in ["../main", "/main", "", "a b"]:
+    for bad in ["../main", "/main", "", "a b", "main\n", "x//y", "x/./y", "main/", "a" * 40 + "\n"]:
         with pytest.raises(BadRequest):
             validate_revision(bad)
 

@@ -24,7 +24,7 @@ from loraplex.router.app import create_app
 from loraplex.router.settings import RouterSettings
 from PIL import Image
 
-from loraplex.contract import GenerateRequest
+from loraplex.contract import GenerateRequest, WorkerState
 
 BASE = "org/base"
 CARDS = {
@@ -385,3 +385,85 @@ async def test_unread_streamed_answers_release_their_replica(tmp_path: Path) -> 
             assert all(r.own_inflight == 0 for r in pool.replicas.values())
     finally:
         await worker.stop()
+
+
+class HugeState(StubWorker):
+    """A broken or hostile worker: a valid /v1/state answer of ~4 MiB, streamed without a
+    length (so only reading it shows its size)."""
+
+    async def _state(self, request: web.Request) -> web.StreamResponse:
+        self.resident = [f"org/lora-{i:058d}@main" for i in range(60_000)]
+        body = (await super()._state(request)).body
+        answer = web.StreamResponse()
+        await answer.prepare(request)
+        for start in range(0, len(body), 65536):
+            await answer.write(body[start : start + 65536])
+        return answer
+
+
+async def test_an_oversized_state_answer_takes_the_replica_out_unread(tmp_path: Path) -> None:
+    worker = HugeState(BASE)
+    await worker.start()
+    try:
+        settings = RouterSettings(
+            static_pools={BASE: [worker.url]},
+            models_dir=write_cards(tmp_path),
+            state_poll_interval_s=0.05,
+            hold_timeout_s=0.2,
+        )
+        app = create_app(settings)
+        async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+            models = (await c.get("/v1/models")).json()["data"]
+            assert models[0]["ready_replicas"] == 0
+            resp = await c.post(f"/models/{BASE}", json=prompt())
+            assert resp.status_code == 503
+    finally:
+        await worker.stop()
+
+
+async def test_a_broken_worker_answer_never_logs_the_users_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gated adapter forwards the caller's token; a malformed worker answer makes aiohttp
+    raise an error whose repr holds the request headers — the log must not show them."""
+
+    state = (
+        WorkerState(base_model=BASE, ready=True, queue_depth=0, queue_capacity=4, free_slots=4)
+        .model_dump_json()
+        .encode()
+    )
+
+    async def malformed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.read(65536)
+        if request.startswith(b"GET /v1/state"):  # healthy state, broken generations
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d"
+            writer.write(head % len(state) + b"\r\nConnection: close\r\n\r\n" + state)
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(malformed, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cards = write_cards(tmp_path)
+    (cards / "u/gated").mkdir(parents=True)
+    (cards / "u/gated/README.md").write_text(
+        f"---\nbase_model: {BASE}\ntags: [lora]\ngated: true\n---\n"
+    )
+    settings = RouterSettings(
+        static_pools={BASE: [f"http://127.0.0.1:{port}"]},
+        models_dir=cards,
+        attempts=1,
+        hold_timeout_s=0.2,
+    )
+    try:
+        async with serve_app(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as c:
+            secret = {"authorization": "Bearer hf_do_not_log_me"}
+            resp = await c.post("/models/u/gated", json=prompt(), headers=secret, timeout=10)
+            assert resp.status_code >= 500
+    finally:
+        server.close()
+    assert any("failed before answering" in r.getMessage() for r in caplog.records), [
+        (r.name, r.getMessage()) for r in caplog.records
+    ]
+    assert not any("hf_do_not_log_me" in r.getMessage() for r in caplog.records)
