@@ -43,13 +43,12 @@ OPERATOR_RULES = {
     ("loraplex.dev", "basemodelpools/status"): {"patch"},
     ("apps", "deployments"): {"get", "create", "patch"},
     ("", "services"): {"get", "create", "patch"},
-    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch"},
+    ("discovery.k8s.io", "endpointslices"): {"list"},
     ("", "events"): {"create"},
 }
 ROUTER_RULES = {
-    ("loraplex.dev", "basemodelpools"): {"get", "list", "watch"},
-    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
+    ("loraplex.dev", "basemodelpools"): {"list", "watch"},
+    ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
 }
 
 
