@@ -54,30 +54,12 @@ class Pool:
 
 
 def parse_quantity(value: int | str, what: str) -> int:
-    """Bytes from a Kubernetes quantity ("16Gi", "1.5G", 1024). Hand-written: neither kopf nor
-    kubernetes_asyncio ships a parser, and this is the small subset the CRD pattern allows."""
-    suffixes = {
-        "": 1,
-        "K": 10**3,
-        "M": 10**6,
-        "G": 10**9,
-        "T": 10**12,
-        "P": 10**15,
-        "E": 10**18,
-        "Ki": 2**10,
-        "Mi": 2**20,
-        "Gi": 2**30,
-        "Ti": 2**40,
-        "Pi": 2**50,
-        "Ei": 2**60,
-    }
-    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([KMGTPE]i?)?", str(value).strip())
-    try:
-        if match is None:
-            raise InvalidOperation
-        return int(Decimal(match.group(1)) * suffixes[match.group(2) or ""])
-    except InvalidOperation:
-        raise InvalidPool(f"{what}: {value!r} is not a size such as 16Gi or 1073741824") from None
+    """Bytes from a Kubernetes quantity ("16Gi", "1.5G", 1024), read by :func:`quantity_value`;
+    negative or milli sizes are refused."""
+    number = quantity_value(value)
+    if number is None or number < 0 or str(value).strip().endswith("m"):
+        raise InvalidPool(f"{what}: {value!r} is not a size such as 16Gi or 1073741824")
+    return int(number)
 
 
 def parse_scaling(scaling: Mapping[str, Any]) -> ScalingSpec:
@@ -346,7 +328,8 @@ _QUANTITY_SCALE = {
 
 
 def quantity_value(value: Any) -> Decimal | None:
-    """The number a Kubernetes quantity stands for, or None when ``value`` is not one."""
+    """The number a Kubernetes quantity stands for, or None when ``value`` is not one.
+    Hand-written: neither kopf nor kubernetes_asyncio ships a quantity parser."""
     match = _QUANTITY.fullmatch(str(value).strip()) if value is not None else None
     if match is None:
         return None
