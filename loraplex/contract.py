@@ -56,6 +56,12 @@ class Headers:
     RETRY_AFTER: Final = "retry-after"
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None for any other value."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 class SwitchTier(StrEnum):
     """Where an adapter came from when the worker made it active."""
 

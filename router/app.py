@@ -44,7 +44,7 @@ from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loraplex import __version__
-from loraplex.contract import ErrorBody, GenerationParameters, Headers, ImageFormat
+from loraplex.contract import ErrorBody, GenerationParameters, Headers, ImageFormat, bearer_token
 from loraplex.errors import BadRequest, LoraplexError, install_handlers
 
 T = TypeVar("T")
@@ -81,14 +81,14 @@ _IMAGE_CONTENT = {
 }
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    """The user's Hub token from ``Authorization: Bearer …`` (used for resolution only)."""
+def user_token(authorization: str | None) -> str | None:
+    """The user's Hub token from ``Authorization: Bearer …``; any other Authorization is a 400."""
     if not authorization:
         return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(authorization)
+    if token is None:
         raise BadRequest("Authorization must be 'Bearer <Hub token>'")
-    return token.strip()
+    return token
 
 
 def wants_to_wait(header: str | None, options: bool) -> bool:
@@ -239,7 +239,7 @@ def _add_generation_routes(app: FastAPI) -> None:
             parameters=body.parameters,
             output_format=ImageFormat.from_accept(headers.get("accept")),
             lora=headers.get(Headers.SEED_LORA),
-            token=bearer_token(headers.get("authorization")),
+            token=user_token(headers.get("authorization")),
             wait_for_model=wants_to_wait(x_wait_for_model, body.options.wait_for_model),
         )
         served = await _serve(request, call)
@@ -261,7 +261,7 @@ def _add_generation_routes(app: FastAPI) -> None:
         if body.n > settings_n:
             raise BadRequest(f"n={body.n} is over this router's limit of {settings_n} images")
         fmt = body.output_format or ImageFormat.PNG
-        token = bearer_token(authorization)
+        token = user_token(authorization)
         calls = [
             GenerationCall(
                 model_id=body.model,

@@ -26,7 +26,7 @@ from loraplex.worker.queue import ClientGone, DeviceExecutor
 from loraplex.worker.settings import WorkerSettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from loraplex.contract import GenerateRequest, Headers, WorkerState
+from loraplex.contract import GenerateRequest, Headers, WorkerState, bearer_token
 from loraplex.errors import LoraplexError, WarmingUp, install_handlers
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,6 @@ def _runtime(request: Request) -> WorkerRuntime:
     return request.app.state.runtime
 
 
-def _bearer(request: Request) -> str | None:
-    value = request.headers.get("authorization", "")
-    scheme, _, token = value.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
 def _routes(app: FastAPI) -> None:
     @app.post("/v1/generate")
     async def generate(body: GenerateRequest, request: Request) -> Response:
@@ -169,7 +163,9 @@ def _routes(app: FastAPI) -> None:
         group = str(body.adapter) if body.adapter else None
         try:
             outcome: Outcome = await runtime.executor.submit(
-                group, Job(body, _bearer(request)), request.is_disconnected
+                group,
+                Job(body, bearer_token(request.headers.get("authorization"))),
+                request.is_disconnected,
             )
         except ClientGone:
             runtime.metrics.dropped.inc()
