@@ -16,9 +16,8 @@ from loraplex.settings import ComponentSettings
 
 
 class OperatorSettings(ComponentSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="LORAPLEX_OPERATOR_", env_nested_delimiter="__", extra="ignore", frozen=True
-    )
+    # The rest of the config (nested delimiter, extra="ignore", frozen) is the base's.
+    model_config = SettingsConfigDict(env_prefix="LORAPLEX_OPERATOR_")
 
     log_level: str = Field("INFO", description="Python log level name. Default INFO.")
     metrics_port: int = Field(

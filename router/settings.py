@@ -18,9 +18,8 @@ from loraplex.settings import ComponentSettings
 class RouterSettings(ComponentSettings):
     """Everything the router reads from its environment; every field says unit, default, why."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LORAPLEX_ROUTER_", env_nested_delimiter="__", extra="ignore", frozen=True
-    )
+    # The rest of the config (nested delimiter, extra="ignore", frozen) is the base's.
+    model_config = SettingsConfigDict(env_prefix="LORAPLEX_ROUTER_")
 
     host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 in a container.")
     port: int = Field(8000, ge=0, le=65535, description="Listen port (0: any free port).")

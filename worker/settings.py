@@ -21,9 +21,8 @@ MIB = 1024 * 1024
 class WorkerSettings(ComponentSettings):
     """One worker process: one base model on one device."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LORAPLEX_WORKER_", env_nested_delimiter="__", extra="ignore", frozen=True
-    )
+    # The rest of the config (nested delimiter, extra="ignore", frozen) is the base's.
+    model_config = SettingsConfigDict(env_prefix="LORAPLEX_WORKER_")
 
     base_model: str = Field(
         description="Hub repo id of the diffusers base pipeline kept warm. Required: a worker "
