@@ -30,6 +30,8 @@ from loraplex.operator.runtime import Runtime
 from loraplex.operator.scaling import Decision, Observation
 from loraplex.operator.settings import OperatorSettings
 
+from loraplex import k8s
+
 log = logging.getLogger(__name__)
 
 
@@ -226,7 +228,7 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorSettings) ->
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     """Register every BaseModelPool handler on ``registry``."""
-    resource = (res.GROUP, res.VERSION, res.PLURAL)
+    resource = (k8s.GROUP, k8s.VERSION, k8s.PLURAL)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:

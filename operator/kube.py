@@ -13,21 +13,13 @@ from typing import Any
 
 import aiohttp
 import kopf
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from loraplex.operator.resources import drifted
+
+from loraplex.k8s import SERVICE_NAME_LABEL, load_client_config
 
 log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
-
-
-async def load_client_config() -> client.Configuration:
-    """In-cluster service account first, then the standard kubeconfig ($KUBECONFIG, ~/.kube)."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        await config.load_kube_config(client_configuration=configuration)
-    return configuration
 
 
 def api_errors(what: str, exc: Exception) -> Exception:
@@ -120,6 +112,6 @@ class Kube:
 
     async def endpoint_slices(self, namespace: str, service: str) -> list[dict[str, Any]]:
         result = await self.discovery.list_namespaced_endpoint_slice(
-            namespace, label_selector=f"kubernetes.io/service-name={service}"
+            namespace, label_selector=f"{SERVICE_NAME_LABEL}={service}"
         )
         return [self._dict(item) for item in result.items]

@@ -18,11 +18,8 @@ from loraplex.operator.scaling import ScalingSpec
 
 from loraplex.errors import BadRequest
 from loraplex.ids import validate_model_id, validate_revision
+from loraplex.k8s import GROUP, KIND, VERSION, worker_service_name
 
-GROUP = "loraplex.dev"
-VERSION = "v1alpha1"
-PLURAL = "basemodelpools"
-KIND = "BaseModelPool"
 WORKER_PORT = 8000  # the worker's HTTP contract (loraplex.contract): /v1/generate, /readyz, ...
 WORKER_UID = 10001  # the worker image's user (deploy/docker/worker.Dockerfile)
 CACHE_MOUNT = "/models"  # HF_HOME lives here, on the pool's model-cache volume
@@ -50,7 +47,7 @@ class Pool:
 
     @property
     def workload_name(self) -> str:
-        return f"{self.name}-worker"
+        return worker_service_name(self.name)
 
 
 def parse_quantity(value: int | str, what: str) -> int:

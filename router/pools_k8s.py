@@ -26,21 +26,23 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from loraplex.router.pools import PoolRegistry
 
+from loraplex.k8s import (
+    GROUP,
+    PLURAL,
+    SERVICE_NAME_LABEL,
+    VERSION,
+    load_client_config,
+    worker_service_name,
+)
+
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "loraplex.dev", "v1alpha1", "basemodelpools"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 RELIST_BACKOFF_S = 1.0
 WATCH_TIMEOUT_S = 300  # server-side watch timeout; the loop re-watches from the last version
-
-
-def service_name(pool_name: str) -> str:
-    """The Service the operator creates for a pool (``loraplex.operator.resources``)."""
-    return f"{pool_name}-worker"
 
 
 def slice_urls(endpoint_slice: Mapping[str, Any]) -> list[str]:
@@ -77,7 +79,7 @@ def pool_endpoints(
     result: dict[str, list[str]] = {}
     for pool_key, base in sorted(pools.items()):
         namespace, _, pool_name = pool_key.rpartition("/")
-        service_key = f"{namespace}/{service_name(pool_name)}"
+        service_key = f"{namespace}/{worker_service_name(pool_name)}"
         result.setdefault(base, []).extend(by_service.get(service_key, []))
     return {base: sorted(set(urls)) for base, urls in result.items()}
 
@@ -102,8 +104,7 @@ class KubernetesPoolSource:
     async def start(self, registry: PoolRegistry) -> None:
         self._registry = registry
         if self._api is None:
-            await _load_config()
-            self._api = client.ApiClient()
+            self._api = client.ApiClient(await load_client_config())
         custom = client.CustomObjectsApi(self._api)
         discovery = client.DiscoveryV1Api(self._api)
         if self.namespace:
@@ -228,11 +229,3 @@ class KubernetesPoolSource:
             apply("ADDED", item)
         self._listed[what] = True
         self._publish()
-
-
-async def _load_config() -> None:
-    """In-cluster credentials in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:  # not in a pod (no service-account token or env)
-        await config.load_kube_config()
