@@ -81,6 +81,10 @@ class ReplicasLost(UpstreamFailed):
 class _RetryableError(Exception):
     """This attempt failed before the answer started; another replica may succeed."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the worker's HTTP status, when it answered one
+
 
 class Forwarder:
     def __init__(
@@ -131,7 +135,7 @@ class Forwarder:
                 return await self._attempt(pool, view.endpoint, body, headers, deadline)
             except _RetryableError as exc:
                 last_error = str(exc)
-                queue_full = queue_full or "429" in last_error
+                queue_full = queue_full or exc.status == 429
         if queue_full:
             raise QueueFull(
                 f"every replica of {route.base_model} has a full queue; retry later",
@@ -203,7 +207,7 @@ class Forwarder:
             # marking the replica down would empty the pool for everyone else.
             if status == 503:
                 pool.mark_failed(endpoint)
-            raise _RetryableError(f"worker answered {status}{detail}")
+            raise _RetryableError(f"worker answered {status}{detail}", status)
         headers = {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers}
         headers[Headers.WORKER] = endpoint
         media_type = resp.headers.get("content-type", "application/octet-stream")
