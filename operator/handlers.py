@@ -68,6 +68,18 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, operator: Runtime, **_: 
         service = await runtime.kube.read_service(pool.namespace, pool.workload_name)
     except (client.ApiException, aiohttp.ClientError) as exc:
         raise api_errors("reading the pool's Deployment", exc) from exc
+    await _apply(pool, current, service, body, patch, runtime)
+
+
+async def _apply(
+    pool: res.Pool,
+    current: dict[str, Any] | None,
+    service: dict[str, Any] | None,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    runtime: Runtime,
+) -> None:
+    """Create or patch the Deployment and Service from objects already read; write status."""
     if pool.pinned_replicas is not None:
         replicas = pool.pinned_replicas
     elif current is not None:
@@ -115,7 +127,7 @@ async def tick(
         (logger.warning if seen else logger.info)(
             "Deployment or Service %s missing or changed by hand: repairing", pool.workload_name
         )
-        await reconcile(body=body, patch=patch, operator=runtime)
+        await _apply(pool, deployment, service, body, patch, runtime)  # objects just read
         return
     memory = runtime.memory(pool, last_desired(body))
     current = deployment["spec"].get("replicas") or 0
