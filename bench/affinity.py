@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +37,8 @@ from loraplex.router.pick import (
     ReplicaView,
     RoundRobinPicker,
 )
+
+from loraplex.simulate.fleet import LruSet
 
 REPLICAS = 4
 SLOTS = 8
@@ -50,7 +52,7 @@ UTILISATION = 0.7
 @dataclass
 class SimReplica:
     endpoint: str
-    resident: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    resident: LruSet = field(default_factory=lambda: LruSet(SLOTS))
     active: str | None = None
     pending: deque[tuple[float, str]] = field(default_factory=deque)
     free_at: float = 0.0
@@ -67,14 +69,10 @@ class SimReplica:
             self.pending.popleft()
             self.waited += start - arrival
             cost = SERVICE
-            if adapter in self.resident:
-                self.resident.move_to_end(adapter)
-            else:
+            if adapter not in self.resident:
                 self.loads += 1
                 cost += LOAD_COST
-                self.resident[adapter] = None
-                if len(self.resident) > SLOTS:
-                    self.resident.popitem(last=False)
+            self.resident.touch(adapter)
             self.active = adapter
             self.free_at = start + cost
 
