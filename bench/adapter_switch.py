@@ -34,18 +34,19 @@ from pathlib import Path
 import psutil
 import torch
 from diffusers.utils import logging as diffusers_logging
-from loraplex.worker.adapters import AdapterCache, AdapterKey
+from loraplex.worker.adapters import PREFERRED_WEIGHT_FILE, AdapterCache, AdapterKey
 from loraplex.worker.fetch import HubFetcher, WeightFile
 from loraplex.worker.memory import pin_malloc_thresholds
 from loraplex.worker.pipeline import Engine
 from loraplex.worker.settings import WorkerSettings
+from loraplex.worker.slot import DEFAULT_TARGETS, SlotLayout
 
 from loraplex.contract import AdapterRef
 from loraplex.demo import tiny_sd_pipeline
 
 RANK = 32
-TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-WEIGHT = "pytorch_lora_weights.safetensors"
+TARGETS = DEFAULT_TARGETS  # the worker's slot targets
+WEIGHT = PREFERRED_WEIGHT_FILE
 MB = 1e6
 
 
@@ -87,9 +88,8 @@ def write_adapters(pipe, root: Path, count: int) -> list[AdapterRef]:
     from diffusers import StableDiffusionPipeline
 
     shapes = [
-        (name, mod.in_features, mod.out_features)
-        for name, mod in pipe.unet.named_modules()
-        if isinstance(mod, torch.nn.Linear) and name.endswith(TARGETS)
+        (m.name, m.in_features, m.out_features)
+        for m in SlotLayout.for_model(pipe.unet, RANK).modules
     ]
     gen = torch.Generator().manual_seed(1)
     refs = []

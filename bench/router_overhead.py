@@ -33,8 +33,6 @@ from aiohttp import web
 
 from loraplex.contract import GenerateRequest
 
-SLOW_BODY = os.urandom(200 * 1024)
-FAST_BODY = os.urandom(1024)
 CONCURRENCY = 64
 
 
