@@ -129,7 +129,7 @@ def create_app(settings: WorkerSettings, *, engine_factory: EngineFactory | None
             capacity=settings.queue_capacity,
             max_overtake=settings.max_overtake,
             retry_after_s=settings.retry_after_seconds,
-            on_change=lambda: runtime.metrics.queue_depth.set(len(runtime.executor.queue)),  # type: ignore[union-attr]
+            on_change=lambda: runtime.metrics.queue_depth.set(runtime.executor.depth),  # type: ignore[union-attr]
         )
         runtime.executor.start()
         app.state.runtime = runtime
