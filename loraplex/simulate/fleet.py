@@ -145,8 +145,8 @@ class Recorder:
     rejected: dict[int, str] = field(default_factory=dict)  # request index → reason
     loaded: set[int] = field(default_factory=set)  # requests that caused an adapter load
     gpu_spans: list[list[float]] = field(default_factory=list)  # [start, stop or inf]
-    # (t, replicas alive, replicas ready, requests in system)
-    samples: list[tuple[float, int, int, int]] = field(default_factory=list)
+    # (t, replicas alive = GPUs held)
+    samples: list[tuple[float, int]] = field(default_factory=list)
     # base → (picker, scaling policy or None): the policy objects this run really used
     parts: dict[str, tuple[object, object | None]] = field(default_factory=dict)
     # base → requests answered (completed or rejected): the router counts
@@ -173,9 +173,6 @@ class Recorder:
         self.gpu_spans.append(span)
         return span
 
-    def in_system(self) -> int:
-        return self.total - len(self.latencies) - len(self.rejected)
-
 
 class Replica:
     """One GPU worker: warms up, then serves its FIFO queue one request at a time."""
@@ -198,7 +195,6 @@ class Replica:
         self.depth = 0  # queued + running; updated on enqueue so the picker sees it at once
         self.draining = False
         self.stopped = False
-        self.served = 0
         self.ready_event = env.event()
         self._gpu = simpy.Resource(env, capacity=1)
         self._span = recorder.gpu_start(env.now)
@@ -248,7 +244,6 @@ class Replica:
                 self.recorder.loaded.add(request.index)
             yield self.env.timeout(switch.seconds + self.inference_s)
         self.depth -= 1
-        self.served += 1
         self._view = None
         self.recorder.complete(request, self.env.now, COLD_START if waited_warmup else switch.tier)
         if self.depth == 0:

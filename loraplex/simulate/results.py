@@ -47,9 +47,9 @@ def _gpu_seconds(recorder: Recorder, start_s: float, end_s: float) -> float:
     return sum(max(0.0, min(stop, end_s) - max(start, start_s)) for start, stop in spans)
 
 
-def _timeline(samples: list[tuple[float, int, int, int]]) -> list[list[float]]:
+def _timeline(samples: list[tuple[float, int]]) -> list[list[float]]:
     out: list[list[float]] = []
-    for t, alive, _ready, _in_system in samples:
+    for t, alive in samples:
         if not out or t - out[-1][0] >= TIMELINE_STEP_S:
             out.append([round(t, 3), alive])
     return out

@@ -142,11 +142,10 @@ def _arrivals(
 
 
 def _sampler(
-    env: simpy.Environment, recorder: Recorder, count: Callable[[], tuple[int, int]], every: float
+    env: simpy.Environment, recorder: Recorder, count: Callable[[], int], every: float
 ) -> Iterator[simpy.Event]:
     while True:
-        alive, ready = count()
-        recorder.samples.append((env.now, alive, ready, recorder.in_system()))
+        recorder.samples.append((env.now, count()))  # replicas alive (GPUs held)
         yield env.timeout(every)
 
 
@@ -155,7 +154,7 @@ def _run(
     traffic: Traffic,
     recorder: Recorder,
     submit: Callable[[Request], None],
-    count: Callable[[], tuple[int, int]],
+    count: Callable[[], int],
     cfg: SimConfig,
 ) -> None:
     """Arrivals until the horizon, then run on until every request is resolved."""
@@ -212,8 +211,8 @@ def run_before(traffic: Traffic, cfg: SimConfig) -> Recorder:
         else:
             deployment.enqueue(request)
 
-    def count() -> tuple[int, int]:
-        return len(deployments), sum(d.ready for d in deployments.values())
+    def count() -> int:
+        return len(deployments)
 
     _run(env, traffic, recorder, submit, count, cfg)
     return recorder
@@ -243,9 +242,8 @@ def _pools_run(
         for base, pool in pools.items():
             env.process(operate(env, pool, base))
 
-    def count() -> tuple[int, int]:
-        alive = sum(len([r for r in p.replicas if not r.stopped]) for p in pools.values())
-        return alive, sum(len(p.ready()) for p in pools.values())
+    def count() -> int:
+        return sum(len([r for r in p.replicas if not r.stopped]) for p in pools.values())
 
     _run(env, traffic, recorder, lambda r: pools[r.base].submit(r), count, cfg)
     return recorder
