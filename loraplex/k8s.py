@@ -6,7 +6,8 @@ The ``BaseModelPool`` resource, the name of the worker Service the operator crea
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kubernetes_asyncio import client
@@ -21,6 +22,28 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # set by Kubernetes on Endpoi
 def worker_service_name(pool_name: str) -> str:
     """The worker Deployment and Service of a pool (the operator creates both)."""
     return f"{pool_name}-worker"
+
+
+def slice_urls(endpoint_slice: Mapping[str, Any], port_name: str = "http") -> list[str]:
+    """``http://addr:port`` for every ready, non-terminating endpoint of one EndpointSlice
+    (``conditions.ready`` absent means ready, as Kubernetes defines it); the port named
+    ``port_name``, else the slice's first."""
+    ports = endpoint_slice.get("ports") or []
+    port = next((p.get("port") for p in ports if p.get("name") == port_name), None)
+    if port is None and ports:
+        port = ports[0].get("port")
+    if port is None:
+        return []
+    ipv6 = endpoint_slice.get("addressType") == "IPv6"
+    urls = []
+    for endpoint in endpoint_slice.get("endpoints") or []:
+        conditions = endpoint.get("conditions") or {}
+        if conditions.get("ready") is False or conditions.get("terminating") is True:
+            continue
+        for address in endpoint.get("addresses") or []:
+            host = f"[{address}]" if ipv6 or ":" in address else address
+            urls.append(f"http://{host}:{port}")
+    return urls
 
 
 async def load_client_config() -> client.Configuration:

@@ -27,6 +27,8 @@ from typing import Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from loraplex.k8s import slice_urls
+
 log = logging.getLogger(__name__)
 
 REQUESTS_METRIC = "loraplex_router_requests_total"
@@ -180,16 +182,4 @@ class PrometheusSource:
 
 def urls_from_endpoint_slices(slices: Sequence[Mapping], port_name: str, path: str) -> list[str]:
     """``http://addr:port/metrics`` for every ready endpoint in the Service's EndpointSlices."""
-    urls = []
-    for slice_ in slices:
-        ports = slice_.get("ports") or []
-        port = next((p for p in ports if p.get("name") == port_name), ports[0] if ports else None)
-        if port is None or port.get("port") is None:
-            continue
-        for endpoint in slice_.get("endpoints") or []:
-            if (endpoint.get("conditions") or {}).get("ready") is False:
-                continue
-            for address in endpoint.get("addresses") or []:
-                host = f"[{address}]" if ":" in address else address
-                urls.append(f"http://{host}:{port['port']}{path}")
-    return sorted(set(urls))
+    return sorted({url + path for slice_ in slices for url in slice_urls(slice_, port_name)})

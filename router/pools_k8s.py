@@ -36,6 +36,7 @@ from loraplex.k8s import (
     SERVICE_NAME_LABEL,
     VERSION,
     load_client_config,
+    slice_urls,
     worker_service_name,
 )
 
@@ -43,26 +44,6 @@ log = logging.getLogger(__name__)
 
 RELIST_BACKOFF_S = 1.0
 WATCH_TIMEOUT_S = 300  # server-side watch timeout; the loop re-watches from the last version
-
-
-def slice_urls(endpoint_slice: Mapping[str, Any]) -> list[str]:
-    """``http://addr:port`` for every ready, non-terminating endpoint of one EndpointSlice."""
-    ports = endpoint_slice.get("ports") or []
-    port = next((p.get("port") for p in ports if p.get("name") == "http"), None)
-    if port is None and ports:
-        port = ports[0].get("port")
-    if port is None:
-        return []
-    ipv6 = endpoint_slice.get("addressType") == "IPv6"
-    urls = []
-    for endpoint in endpoint_slice.get("endpoints") or []:
-        conditions = endpoint.get("conditions") or {}
-        if conditions.get("ready") is False or conditions.get("terminating") is True:
-            continue
-        for address in endpoint.get("addresses") or []:
-            host = f"[{address}]" if ipv6 else address
-            urls.append(f"http://{host}:{port}")
-    return urls
 
 
 def pool_endpoints(
