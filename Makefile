@@ -1,25 +1,55 @@
 # loraplex — the two commands: `make run` and `make test`.
+#
+# The install is locked: requirements.lock holds every package of every extra at one version with
+# its hashes, and `make venv` installs exactly that (uv pip sync: nothing more, nothing less).
+# `make lock` resolves pyproject.toml again and runs the tests. Why uv and this format, and how a
+# GPU machine installs: docs/install.md.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-# Tests and the embedded mode use the CPU wheel of torch; GPU installs: see README "GPU install".
-TORCH_CPU := torch==2.13.0
-EXTRAS := worker,router,operator,sim,dev
+LOCK   := requirements.lock
+# Pins the resolution needs beyond pyproject.toml's ranges (torch: the CPU build for tests).
+LOCK_PINS := requirements-pins.txt
+# The uv that makes and installs the lock; the lock pins the same version (dev extra).
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
+# Where the CPU wheel of torch comes from. uv does not read pip's configuration, so it is handed
+# pip's find-links folder when pip has one (these machines keep the wheel there), else PyTorch's
+# CPU index (a plain machine). Override with e.g. TORCH_SOURCE='--find-links /my/wheels'.
+PIP_FIND_LINKS_CONFIG := $(shell cd / && $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+TORCH_SOURCE ?= $(if $(PIP_FIND_LINKS_CONFIG),$(foreach d,$(PIP_FIND_LINKS_CONFIG),--find-links $(d)),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 DEMO_DIR ?= demo-models
 
-.PHONY: venv test quick lint run bench clean
+.PHONY: venv lock check-lock test quick lint run bench clean
 
-venv: $(STAMP)
+venv: $(VENV)/.project
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH_CPU)
-	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
-	touch $(STAMP)
+# A new venv whenever the lock changes, so packages dropped from it do not linger.
+$(VENV)/.locked: $(LOCK)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --no-deps uv==$(UV_VERSION)
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes $(TORCH_SOURCE) $(LOCK)
+	touch $@
 
-lint: venv
+# The project itself, editable, with no dependencies (all come from the lock) and no build
+# isolation (setuptools is in the lock, so the build fetches nothing unlocked).
+$(VENV)/.project: $(VENV)/.locked pyproject.toml
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
+	$(BIN)/python scripts/check_lock.py $(LOCK)
+	touch $@
+
+# pyproject.toml, the pins and the lock agree, and the venv holds exactly the lock's versions.
+check-lock: venv
+	$(BIN)/python scripts/check_lock.py $(LOCK)
+
+# Resolve pyproject.toml (every extra) + the pins for this platform again; then the full tests.
+lock: $(VENV)/.locked
+	$(UV) pip compile --quiet --all-extras --generate-hashes --python-version 3.11 \
+	  $(TORCH_SOURCE) --constraint $(LOCK_PINS) --output-file $(LOCK) pyproject.toml
+	$(MAKE) test
+
+lint: check-lock
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	scripts/lint-imports.sh $(BIN)/lint-imports

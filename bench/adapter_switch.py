@@ -41,8 +41,8 @@ from loraplex.worker.pipeline import Engine
 from loraplex.worker.settings import WorkerSettings
 from loraplex.worker.slot import DEFAULT_TARGETS, SlotLayout
 
-from loraplex.contract import AdapterRef
-from loraplex.demo import tiny_sd_pipeline
+from loraplex.demo.models import tiny_sd_pipeline
+from loraplex.shared.contract import AdapterRef
 
 RANK = 32
 TARGETS = DEFAULT_TARGETS  # the worker's slot targets

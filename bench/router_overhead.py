@@ -31,7 +31,7 @@ from contextlib import contextmanager
 import aiohttp
 from aiohttp import web
 
-from loraplex.contract import GenerateRequest
+from loraplex.shared.contract import GenerateRequest
 
 CONCURRENCY = 64
 

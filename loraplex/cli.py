@@ -22,11 +22,15 @@ class Subcommand(NamedTuple):
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "demo-models": Subcommand("loraplex.demo", "build tiny demo base models and LoRAs in DIR"),
+    "demo-models": Subcommand(
+        "loraplex.demo.models", "build tiny demo base models and LoRAs in DIR"
+    ),
     "worker": Subcommand("loraplex.worker.cli", "run a GPU worker for one base model"),
     "router": Subcommand("loraplex.router.cli", "run the HTTP router"),
     "operator": Subcommand("loraplex.operator.cli", "run the Kubernetes operator (kopf)"),
-    "up": Subcommand("loraplex.local", "run router + workers on this machine (embedded mode)"),
+    "up": Subcommand(
+        "loraplex.embedded.up", "run router + workers on this machine (embedded mode)"
+    ),
     "simulate": Subcommand("loraplex.simulate.cli", "capacity planning: replay traffic"),
 }
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from loraplex.logs import configure_logging
+from loraplex.shared.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ from loraplex.operator.runtime import Runtime
 from loraplex.operator.scaling import Decision, Observation
 from loraplex.operator.settings import OperatorSettings
 
-from loraplex import k8s
+from loraplex.shared import k8s
 
 log = logging.getLogger(__name__)
 

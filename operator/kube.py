@@ -16,7 +16,8 @@ import kopf
 from kubernetes_asyncio import client
 from loraplex.operator.resources import drifted
 
-from loraplex.k8s import SERVICE_NAME_LABEL, load_client_config
+from loraplex.shared.k8s import SERVICE_NAME_LABEL
+from loraplex.shared.kube_login import load_client_config
 
 log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"

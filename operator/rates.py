@@ -27,7 +27,7 @@ from typing import Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from loraplex.k8s import slice_urls
+from loraplex.shared.k8s import slice_urls
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,13 @@ from typing import Any
 
 from loraplex.operator.scaling import ScalingSpec
 
-from loraplex.errors import BadRequest
-from loraplex.ids import validate_model_id, validate_revision
-from loraplex.k8s import GROUP, KIND, VERSION, worker_service_name
+from loraplex.shared.errors import BadRequest
+from loraplex.shared.ids import validate_model_id, validate_revision
+from loraplex.shared.k8s import GROUP, KIND, VERSION, worker_service_name
 
-WORKER_PORT = 8000  # the worker's HTTP contract (loraplex.contract): /v1/generate, /readyz, ...
+WORKER_PORT = (
+    8000  # the worker's HTTP contract (loraplex.shared.contract): /v1/generate, /readyz, ...
+)
 WORKER_UID = 10001  # the worker image's user (deploy/docker/worker.Dockerfile)
 CACHE_MOUNT = "/models"  # HF_HOME lives here, on the pool's model-cache volume
 MANAGED_BY = "loraplex-operator"

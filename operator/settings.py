@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from loraplex import __version__
-from loraplex.settings import ComponentSettings
+from loraplex.shared.settings import ComponentSettings
 
 
 class OperatorSettings(ComponentSettings):

@@ -10,7 +10,7 @@
   or PIL, with no expiry and no storage to secure.
 * ``GET /v1/models``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
 
-Errors are ``{"error": "<what and what to do>"}`` through :mod:`loraplex.errors`.
+Errors are ``{"error": "<what and what to do>"}`` through :mod:`loraplex.shared.errors`.
 A client that disconnects cancels its upstream request (the worker sees the connection close).
 """
 
@@ -44,8 +44,15 @@ from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loraplex import __version__
-from loraplex.contract import ErrorBody, GenerationParameters, Headers, ImageFormat, bearer_token
-from loraplex.errors import BadRequest, LoraplexError, install_handlers
+from loraplex.shared.contract import (
+    ErrorBody,
+    GenerationParameters,
+    Headers,
+    ImageFormat,
+    bearer_token,
+)
+from loraplex.shared.errors import BadRequest, LoraplexError
+from loraplex.shared.http_errors import install_handlers, status_of
 
 T = TypeVar("T")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -210,7 +217,7 @@ async def _serve(request: Request, call: GenerationCall) -> tuple[Route, WorkerA
         service.record(route, call, CLIENT_CLOSED, started)
         return Response(status_code=CLIENT_CLOSED)
     except LoraplexError as exc:
-        service.record(route, call, exc.status_code, started)
+        service.record(route, call, status_of(exc), started)
         raise
     service.record(route, call, answer.status, started)
     return route, answer

@@ -24,13 +24,13 @@ from huggingface_hub.errors import (
 )
 from loraplex.router.resolve import ModelCard, SourceUnavailable, card_from_metadata
 
-from loraplex.errors import (
+from loraplex.shared.errors import (
     Forbidden,
     LoraplexError,
     NotFound,
     Unauthorized,
 )
-from loraplex.ids import validate_model_id
+from loraplex.shared.ids import validate_model_id
 
 
 def _transport_error_types() -> tuple[type[Exception], ...]:

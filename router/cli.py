@@ -15,7 +15,7 @@ from loraplex.router.app import create_app
 from loraplex.router.settings import RouterSettings
 from pydantic import ValidationError
 
-from loraplex.logs import configure_logging
+from loraplex.shared.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

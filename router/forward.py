@@ -28,8 +28,8 @@ from loraplex.router.pick import NoReplicaError, Picker
 from loraplex.router.pools import Pool, ReplicaState
 from loraplex.router.resolve import Route
 
-from loraplex.contract import GenerateRequest, Headers
-from loraplex.errors import DeadlineExceeded, QueueFull, UpstreamFailed
+from loraplex.shared.contract import GenerateRequest, Headers
+from loraplex.shared.errors import DeadlineExceeded, QueueFull, UpstreamFailed
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ headers of each worker answer) and asks a :class:`Picker` for one. Strategies ar
 classes with the algorithm in their docstring, like Ray Serve's request routers; the
 simulator imports them unchanged, so the shape of this module is a contract.
 
-Adapter keys are ``"<repo>@<commit>"`` strings, as in :class:`loraplex.contract.WorkerState`.
+Adapter keys are ``"<repo>@<commit>"`` strings, as in :class:`loraplex.shared.contract.WorkerState`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Protocol
 import aiohttp
 from loraplex.router.pick import ReplicaView
 
-from loraplex.contract import Headers, WorkerState
+from loraplex.shared.contract import Headers, WorkerState
 
 log = logging.getLogger(__name__)
 

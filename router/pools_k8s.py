@@ -30,15 +30,15 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from loraplex.router.pools import PoolRegistry
 
-from loraplex.k8s import (
+from loraplex.shared.k8s import (
     GROUP,
     PLURAL,
     SERVICE_NAME_LABEL,
     VERSION,
-    load_client_config,
     slice_urls,
     worker_service_name,
 )
+from loraplex.shared.kube_login import load_client_config
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from loraplex.contract import AdapterRef
-from loraplex.errors import (
+from loraplex.shared.contract import AdapterRef
+from loraplex.shared.errors import (
     Forbidden,
     LoraplexError,
     NotFound,
@@ -35,7 +35,7 @@ from loraplex.errors import (
     Unauthorized,
     UpstreamFailed,
 )
-from loraplex.ids import validate_model_id
+from loraplex.shared.ids import validate_model_id
 
 TEXT_TO_IMAGE = "text-to-image"
 

@@ -1,6 +1,6 @@
 """Bodies of the router's public API: the Hugging Face Inference API, OpenAI images, /v1/models.
 
-Validation bounds come from :class:`loraplex.contract.Limits`, the one place they live.
+Validation bounds come from :class:`loraplex.shared.contract.Limits`, the one place they live.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraplex.contract import GenerationParameters, ImageFormat, Limits
+from loraplex.shared.contract import GenerationParameters, ImageFormat, Limits
 
 Prompt = Annotated[str, Field(min_length=1, max_length=Limits.MAX_PROMPT_CHARS)]
 

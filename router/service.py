@@ -19,8 +19,8 @@ from loraplex.router.metrics import NO_BASE, RouterMetrics
 from loraplex.router.pools import Pool, PoolRegistry
 from loraplex.router.resolve import Resolver, Route
 
-from loraplex.contract import GenerateRequest, GenerationParameters, ImageFormat
-from loraplex.errors import DeadlineExceeded, WarmingUp
+from loraplex.shared.contract import GenerateRequest, GenerationParameters, ImageFormat
+from loraplex.shared.errors import DeadlineExceeded, WarmingUp
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; only ever in metrics
 

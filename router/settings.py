@@ -11,8 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from loraplex.ids import validate_model_id
-from loraplex.settings import ComponentSettings
+from loraplex.shared.ids import validate_model_id
+from loraplex.shared.settings import ComponentSettings
 
 
 class RouterSettings(ComponentSettings):

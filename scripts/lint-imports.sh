@@ -15,4 +15,4 @@ for part in router worker operator; do
   cp -r "$root/$part" "$overlay/loraplex/$part"
 done
 cd "$overlay"
-PYTHONPATH="$overlay" "$lint_imports" --config "$root/pyproject.toml" --no-cache
+PYTHONPATH="$overlay" "$lint_imports" --config "${IMPORT_LINTER_CONFIG:-$root/pyproject.toml}" --no-cache

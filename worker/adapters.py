@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
-from loraplex.contract import SwitchTier
-from loraplex.errors import NotServable
+from loraplex.shared.contract import SwitchTier
+from loraplex.shared.errors import NotServable
 
 V = TypeVar("V")
 

@@ -3,7 +3,7 @@
 ``create_app(settings, engine_factory=...)`` builds everything in the lifespan: metrics (own
 registry), the device executor, and — in the background, so ``/healthz`` answers at once — the
 engine (base download + load) and one warm-up generation. ``/readyz`` and ``/v1/generate``
-answer 503 until then. Endpoints are described in :mod:`loraplex.contract`.
+answer 503 until then. Endpoints are described in :mod:`loraplex.shared.contract`.
 
 If the base cannot be loaded, ``/healthz`` answers 503 with the reason (as does ``/readyz``), so
 Kubernetes' liveness probe restarts the pod with backoff instead of leaving it unready forever.
@@ -26,8 +26,9 @@ from loraplex.worker.queue import ClientGone, DeviceExecutor
 from loraplex.worker.settings import WorkerSettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from loraplex.contract import GenerateRequest, Headers, WorkerState, bearer_token
-from loraplex.errors import LoraplexError, WarmingUp, install_handlers
+from loraplex.shared.contract import GenerateRequest, Headers, WorkerState, bearer_token
+from loraplex.shared.errors import LoraplexError, WarmingUp
+from loraplex.shared.http_errors import install_handlers, status_of
 
 log = logging.getLogger(__name__)
 EngineFactory = Callable[[WorkerSettings], Engine]
@@ -172,7 +173,7 @@ def _routes(app: FastAPI) -> None:
             runtime.metrics.requests.labels(code=str(CLIENT_CLOSED_REQUEST)).inc()
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except LoraplexError as exc:
-            runtime.metrics.requests.labels(code=str(exc.status_code)).inc()
+            runtime.metrics.requests.labels(code=str(status_of(exc))).inc()
             raise
         runtime.metrics.requests.labels(code="200").inc()
         return _image_response(outcome, runtime)

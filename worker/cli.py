@@ -18,7 +18,7 @@ from loraplex.worker.memory import pin_malloc_thresholds
 from loraplex.worker.settings import WorkerSettings
 from pydantic import ValidationError
 
-from loraplex.logs import configure_logging
+from loraplex.shared.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ code rather than re-deriving it is what keeps the slot's image equal to diffuser
 
 Outcomes: :class:`Converted` with a flat tensor (fits the slot), :class:`Converted` with
 ``slow_reason`` (valid but outside the slot: text-encoder parts, modules outside the slot, rank
-above it, DoRA/bias), or :class:`~loraplex.errors.NotServable` (not loadable on this base).
+above it, DoRA/bias), or :class:`~loraplex.shared.errors.NotServable` (not loadable on this base).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from peft.utils.other import get_pattern_key
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from loraplex.errors import NotServable
+from loraplex.shared.errors import NotServable
 
 UNET_PREFIX = "unet."
 COMPONENT_PREFIXES = (UNET_PREFIX, "text_encoder.", "text_encoder_2.")

@@ -43,8 +43,8 @@ from huggingface_hub.errors import (
 )
 from loraplex.worker.adapters import AdapterKey, DiskEntry, choose_weight_file, disk_evictions
 
-from loraplex.contract import AdapterRef
-from loraplex.errors import (
+from loraplex.shared.contract import AdapterRef
+from loraplex.shared.errors import (
     Forbidden,
     LoraplexError,
     NotFound,

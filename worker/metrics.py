@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from loraplex.contract import SwitchTier
+from loraplex.shared.contract import SwitchTier
 
 PREFIX = "loraplex_worker_"
 # Switches span 50 µs (already active) to tens of seconds (Hub download of a big adapter).

@@ -30,8 +30,8 @@ from loraplex.worker.fetch import HubFetcher
 from loraplex.worker.settings import WorkerSettings
 from loraplex.worker.slot import LoraSlot, SlotLayout
 
-from loraplex.contract import AdapterRef, GenerateRequest, ImageFormat, Limits, SwitchTier
-from loraplex.errors import NotServable
+from loraplex.shared.contract import AdapterRef, GenerateRequest, ImageFormat, Limits, SwitchTier
+from loraplex.shared.errors import NotServable
 
 log = logging.getLogger(__name__)
 SLOW_ADAPTER_NAME = "loraplex_slow"

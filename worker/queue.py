@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraplex.errors import QueueFull, WarmingUp
+from loraplex.shared.errors import QueueFull, WarmingUp
 
 log = logging.getLogger(__name__)
 DISCONNECT_POLL_S = 0.1

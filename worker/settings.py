@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from loraplex.settings import ComponentSettings
+from loraplex.shared.settings import ComponentSettings
 
 MIB = 1024 * 1024
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from loraplex.contract import SwitchTier
 from loraplex.router.pick import ReplicaView
+from loraplex.shared.contract import SwitchTier
 from loraplex.simulate.config import SwitchTimes
 from loraplex.simulate.traffic import Request
 

@@ -33,8 +33,8 @@ from huggingface_hub import InferenceClient
 from openai import OpenAI
 from PIL import Image
 
-from loraplex.demo import TINY_SD
-from loraplex.local import free_port
+from loraplex.demo.models import TINY_SD
+from loraplex.embedded.up import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from loraplex.contract import AdapterRef, GenerateRequest, ImageFormat, Limits, WorkerState
-from loraplex.errors import BadRequest
-from loraplex.ids import validate_model_id, validate_revision
+from loraplex.shared.contract import AdapterRef, GenerateRequest, ImageFormat, Limits, WorkerState
+from loraplex.shared.errors import BadRequest
+from loraplex.shared.ids import validate_model_id, validate_revision
 
 
 @pytest.mark.parametrize(

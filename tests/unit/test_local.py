@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplex.local import (
+from loraplex.embedded.up import (
     build_parser,
     check_args,
     check_port_free,
@@ -20,7 +20,7 @@ from loraplex.local import (
     usage_lines,
     worker_specs,
 )
-from loraplex.logs import configure_logging
+from loraplex.shared.logs import configure_logging
 
 
 def repo(root: Path, repo_id: str, card: str | None, *, base: bool = False) -> None:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from loraplex.local import free_port
-from loraplex.supervise import ChildFailed, ChildSpec, Supervisor
+from loraplex.embedded.supervise import ChildFailed, ChildSpec, Supervisor
+from loraplex.embedded.up import free_port
 
 SERVE_READY = (
     "import http.server, sys\n"

@@ -24,7 +24,7 @@ from loraplex.router.app import create_app
 from loraplex.router.settings import RouterSettings
 from PIL import Image
 
-from loraplex.contract import GenerateRequest, WorkerState
+from loraplex.shared.contract import GenerateRequest, WorkerState
 
 BASE = "org/base"
 CARDS = {

@@ -27,7 +27,7 @@ from loraplex.router.app import create_app
 from loraplex.router.cards import HubCardSource
 from loraplex.router.settings import RouterSettings
 
-from loraplex.contract import Headers
+from loraplex.shared.contract import Headers
 
 pytestmark = pytest.mark.slow
 BODY = {"inputs": "a fox", "parameters": {"num_inference_steps": 2, "width": 64, "height": 64}}

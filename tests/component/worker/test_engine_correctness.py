@@ -20,9 +20,9 @@ from fixtures.worker import one_torch_thread  # noqa: F401 - pytest fixture
 from loraplex.worker.pipeline import Engine
 from loraplex.worker.settings import WorkerSettings
 
-from loraplex.contract import AdapterRef, GenerateRequest, SwitchTier
-from loraplex.demo import ADAPTERS, LORA_KOHYA, LORA_R4, LORA_R8_ALPHA16, TINY_SD
-from loraplex.errors import (
+from loraplex.demo.models import ADAPTERS, LORA_KOHYA, LORA_R4, LORA_R8_ALPHA16, TINY_SD
+from loraplex.shared.contract import AdapterRef, GenerateRequest, SwitchTier
+from loraplex.shared.errors import (
     Forbidden,
     NotFound,
     NotServable,
@@ -233,7 +233,7 @@ def test_branch_resolution_survives_a_hub_outage_and_commits_need_no_hub(
 ) -> None:
     from loraplex.worker.fetch import HubFetcher
 
-    from loraplex.errors import UpstreamFailed
+    from loraplex.shared.errors import UpstreamFailed
 
     point_client_at(monkeypatch, isolated_hub_server.url, tmp_path)
     now = [0.0]

@@ -23,8 +23,8 @@ from fixtures.worker import (
 )
 from loraplex.worker.pipeline import Engine
 
-from loraplex.contract import Headers, Limits, WorkerState
-from loraplex.demo import LORA_R4, LORA_R8_ALPHA16
+from loraplex.demo.models import LORA_R4, LORA_R8_ALPHA16
+from loraplex.shared.contract import Headers, Limits, WorkerState
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 BASE_BODY = {"prompt": "a photo of sks", "seed": 3}

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fixtures.hub import hub_env_vars
 
-from loraplex.demo import TINY_SD
+from loraplex.demo.models import TINY_SD
 
 pytestmark = pytest.mark.slow
 START_DEADLINE_S = 90.0

@@ -6,7 +6,7 @@ import asyncio
 
 from loraplex.router.pools import Pool, PoolRegistry, ReplicaState
 
-from loraplex.contract import Headers, WorkerState
+from loraplex.shared.contract import Headers, WorkerState
 
 
 def state(depth: int = 0, in_flight: int = 0, active: str | None = None, ready: bool = True):

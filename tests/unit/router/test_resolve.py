@@ -19,7 +19,7 @@ from loraplex.router.resolve import (
     classify,
 )
 
-from loraplex.errors import BadRequest, NotFound, NotServable, Unauthorized, UpstreamFailed
+from loraplex.shared.errors import BadRequest, NotFound, NotServable, Unauthorized, UpstreamFailed
 
 BASE = "org/base"
 SERVED = {BASE, "org/other-base"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loraplex.contract import SwitchTier
+from loraplex.shared.contract import SwitchTier
 from loraplex.simulate.config import SwitchTimes
 from loraplex.simulate.fleet import SingleAdapterSlot, TieredAdapterCache
 

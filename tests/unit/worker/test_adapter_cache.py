@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from loraplex.worker.adapters import AdapterCache, AdapterKey, LruTier, choose_weight_file
 
-from loraplex.contract import SwitchTier
-from loraplex.errors import NotServable
+from loraplex.shared.contract import SwitchTier
+from loraplex.shared.errors import NotServable
 
 
 def key(n: int) -> AdapterKey:

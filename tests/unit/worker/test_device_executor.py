@@ -9,7 +9,7 @@ import threading
 import pytest
 from loraplex.worker.queue import DeviceExecutor
 
-from loraplex.errors import NotServable, QueueFull, WarmingUp
+from loraplex.shared.errors import NotServable, QueueFull, WarmingUp
 
 
 async def connected() -> bool:

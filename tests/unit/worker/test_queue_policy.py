@@ -7,7 +7,7 @@ import random
 import pytest
 from loraplex.worker.queue import GroupingQueue, Job
 
-from loraplex.errors import QueueFull
+from loraplex.shared.errors import QueueFull
 
 
 def drain(queue: GroupingQueue, last: str | None) -> list[Job]:

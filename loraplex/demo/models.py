@@ -35,7 +35,7 @@ exercised: some say ``base_model_relation: adapter``, one has ``lora`` only in i
 (no ``library_name``), one gives ``base_model`` as a list (tiny-sd and an unserved base).
 
 Test-only repos that break the rules (pickle-only, corrupt, wrong architecture, gated, …)
-are built by :func:`loraplex.demo_bad.build_test_repos`.
+are test material, built by ``tests/fixtures/test_repos.py`` (not shipped in the wheel).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from loraplex.demo_pipelines import seeded, tiny_sd_pipeline, tiny_sdxl_pipeline
+from loraplex.demo.pipelines import seeded, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 if TYPE_CHECKING:
     import torch
@@ -290,18 +290,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("dir", metavar="DIR", type=Path, help="output folder (created)")
     parser.add_argument("--no-sdxl", action="store_true", help="skip the tiny SDXL base")
-    parser.add_argument(
-        "--with-test-repos",
-        action="store_true",
-        help="also write the broken/edge-case repos the test suite uses (see loraplex.demo_bad)",
-    )
     args = parser.parse_args(argv)
     demo = build_demo_models(args.dir, sdxl=not args.no_sdxl)
     ids = [*demo.bases, *demo.adapter_ids]
-    if args.with_test_repos:
-        from loraplex.demo_bad import build_test_repos
-
-        ids += list(build_test_repos(args.dir, demo).all_ids)
     for repo_id in ids:
         print(f"{repo_id}\t{demo.path(repo_id)}")
     print(f"wrote {len(ids)} repos to {args.dir} in {demo.build_seconds:.1f}s")

@@ -5,8 +5,8 @@ The same router and worker code as on Kubernetes, wired together by a process su
 * ``--models DIR`` (default): every base-model repo in ``DIR/<org>/<name>/`` (one with a
   ``model_index.json``) gets ``--replicas`` worker processes. Workers download the base and
   adapters through huggingface_hub from a Hub-compatible server over ``DIR`` that runs inside
-  this process on loopback (:mod:`loraplex.localhub`), so the worker's real download, cache and
-  revision-pinning path runs unchanged. The router resolves ids with its local card source
+  this process on loopback (:mod:`loraplex.localhub.server`), so the worker's real download,
+  cache and revision-pinning path runs unchanged. The router resolves ids with its local card source
   (README.md cards in ``DIR``), so LoRA repos resolve to their base exactly as on the Hub.
   ``--base-model ID`` (repeatable) serves only those bases of ``DIR``.
 * ``--hub --base-model ID [--base-model ID …]``: workers and router use the real Hub
@@ -15,7 +15,7 @@ The same router and worker code as on Kubernetes, wired together by a process su
 On a CPU-only machine every worker gets ``cores / workers`` torch threads
 (``OMP_NUM_THREADS``, unless set), so N workers do not thrash each other's caches.
 
-Worker processes that die are restarted (:mod:`loraplex.supervise`); meanwhile the router
+Worker processes that die are restarted (:mod:`loraplex.embedded.supervise`); meanwhile the router
 retries on the other replicas. SIGINT/SIGTERM stop every child; children also die with us on
 SIGKILL (``PR_SET_PDEATHSIG``). Worker settings not given as flags come from the usual
 ``LORAPLEX_WORKER_*`` variables, which the children inherit.
@@ -38,11 +38,11 @@ from pathlib import Path
 import uvicorn
 from huggingface_hub.repocard import metadata_load
 
-from loraplex.errors import BadRequest
-from loraplex.ids import validate_model_id
-from loraplex.localhub import HubState, RepoStore, create_hub_app
-from loraplex.logs import configure_logging
-from loraplex.supervise import ChildSpec, Supervisor
+from loraplex.embedded.supervise import ChildSpec, Supervisor
+from loraplex.localhub.server import HubState, RepoStore, create_hub_app
+from loraplex.shared.errors import BadRequest
+from loraplex.shared.ids import validate_model_id
+from loraplex.shared.logs import configure_logging
 
 log = logging.getLogger("loraplex.up")
 

@@ -18,7 +18,7 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loraplex.ids import validate_model_id, validate_revision
+from loraplex.shared.ids import validate_model_id, validate_revision
 
 
 class Limits:

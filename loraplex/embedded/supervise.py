@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-log = logging.getLogger("loraplex.supervise")
+log = logging.getLogger("loraplex.embedded.supervise")
 
 _PR_SET_PDEATHSIG = 1
 

@@ -11,7 +11,7 @@ import re
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from loraplex.errors import BadRequest
+from loraplex.shared.errors import BadRequest
 
 # Branch names, tags and 40-hex commits; refs/pr/N for pull requests. Whole string only (no
 # trailing newline), no "..", no empty or dot-led path segments, no leading or trailing "/".

@@ -1,16 +1,14 @@
 """What router and operator agree on about Kubernetes objects (they never import each other).
 
 The ``BaseModelPool`` resource, the name of the worker Service the operator creates for a pool
-(whose EndpointSlices the router watches), and how both find cluster credentials.
+(whose EndpointSlices the router watches), and how both read those slices. Plain data: how both
+log in to the cluster is in :mod:`loraplex.shared.kube_login` (it needs kubernetes_asyncio).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from kubernetes_asyncio import client
+from typing import Any
 
 GROUP = "loraplex.dev"
 VERSION = "v1alpha1"
@@ -44,16 +42,3 @@ def slice_urls(endpoint_slice: Mapping[str, Any], port_name: str = "http") -> li
             host = f"[{address}]" if ipv6 or ":" in address else address
             urls.append(f"http://{host}:{port}")
     return urls
-
-
-async def load_client_config() -> client.Configuration:
-    """In-cluster service account first, then the standard kubeconfig ($KUBECONFIG, ~/.kube)."""
-    # Imported here: kubernetes_asyncio is in the router/operator extras, not the core.
-    from kubernetes_asyncio import client, config
-
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:  # not in a pod (no service-account token or env)
-        await config.load_kube_config(client_configuration=configuration)
-    return configuration

@@ -1,0 +1,1 @@
+"""Tiny demo models built from configs with random weights: bases and real peft LoRAs."""

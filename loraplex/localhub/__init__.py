@@ -1,0 +1,1 @@
+"""A Hub-compatible HTTP server over a folder of repos, for ``loraplex up --models`` and tests."""
