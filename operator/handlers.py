@@ -9,6 +9,10 @@
 * delete → forget the pool's policy and metric series (``optional``: it adds no finalizer of
   its own; the timer's finalizer makes kopf see the deletion and run it).
 
+Which replicas and conditions to write is decided by pure functions —
+:mod:`loraplex.operator.scaling` (the policy) and :mod:`loraplex.operator.replicas` (the pin,
+the reconcile count, the manual-scale rule, the conditions); this module only wires them.
+
 Register them on an explicit registry with :func:`register` (no global registry).
 """
 
@@ -24,6 +28,7 @@ import aiohttp
 import httpx
 import kopf
 from kubernetes_asyncio import client
+from loraplex.operator import replicas as rules
 from loraplex.operator import resources as res
 from loraplex.operator.kube import api_errors
 from loraplex.operator.runtime import Runtime
@@ -40,6 +45,7 @@ def _now() -> datetime.datetime:
 
 
 def _conditions(status: Any, *updates: tuple[str, bool, str, str]) -> list[dict[str, Any]]:
+    """The pool's status.conditions with each (type, ok, reason, message) of ``updates`` set."""
     conditions = list((status or {}).get("conditions") or [])
     for type_, ok, reason, message in updates:
         conditions = res.condition(conditions, type_, ok, reason, message, _now())
@@ -80,12 +86,11 @@ async def _apply(
     runtime: Runtime,
 ) -> None:
     """Create or patch the Deployment and Service from objects already read; write status."""
-    if pool.pinned_replicas is not None:
-        replicas = pool.pinned_replicas
-    elif current is not None:
-        replicas = pool.scaling.clamp(current["spec"].get("replicas") or 0)
-    else:
-        replicas = pool.scaling.min_replicas
+    replicas = rules.replicas_on_reconcile(
+        pool.pinned_replicas,
+        None if current is None else current["spec"].get("replicas") or 0,
+        pool.scaling,
+    )
     did = await runtime.kube.ensure(res.build_deployment(pool, replicas), current)
     await runtime.kube.ensure(res.build_service(pool), service)
     runtime.memory(pool, last_desired(body)).last_written = replicas
@@ -139,11 +144,9 @@ async def tick(
         ready_replicas=ready,
         current_replicas=current,
     )
-    decision = memory.policy.decide(obs)
-    if pool.pinned_replicas is not None:
-        decision = Decision(pool.pinned_replicas, "pinned by spec.replicas (kubectl scale bmp)")
+    decision = rules.apply_pin(memory.policy.decide(obs), pool.pinned_replicas)
     if decision.replicas != current:
-        if memory.last_written is not None and current != memory.last_written:
+        if rules.scaled_outside(current, memory.last_written):
             logger.warning(
                 "Deployment %s was scaled to %d outside the operator; setting %d (%s). To pin a "
                 "size, `kubectl scale bmp %s --replicas=N` instead.",
@@ -180,36 +183,15 @@ def _write_status(
     obs: Observation,
     deployment: dict[str, Any],
 ) -> None:
-    replicas = (deployment.get("status") or {}).get("replicas") or 0
-    ready = obs.ready_replicas
-    serving = ready > 0 or decision.replicas == 0
+    conditions = rules.status_conditions(obs.ready_replicas, decision.replicas, decision.reason)
     patch.status.update(
         {
-            "replicas": replicas,
-            "readyReplicas": ready,
+            "replicas": (deployment.get("status") or {}).get("replicas") or 0,
+            "readyReplicas": obs.ready_replicas,
             "desiredReplicas": decision.replicas,
             "observedRate": round(obs.rate, 4),
             "pending": obs.pending,
-            "conditions": _conditions(
-                body.get("status"),
-                (
-                    "Ready",
-                    serving,
-                    "ReplicasReady"
-                    if ready
-                    else "ScaledToZero"
-                    if decision.replicas == 0
-                    else "WarmingUp",
-                    f"{ready}/{decision.replicas} ready",
-                ),
-                (
-                    "Scaling",
-                    ready != decision.replicas,
-                    "Scaling" if ready != decision.replicas else "Stable",
-                    decision.reason,
-                ),
-                ("Degraded", False, "Reconciled", "spec is valid; owned objects in place"),
-            ),
+            "conditions": _conditions(body.get("status"), *conditions),
         }
     )
 

@@ -1,38 +1,28 @@
 """Request rate and pending count per base model, from the routers (the operator's scaling input).
 
-The contract with the router (DESIGN.md): ``loraplex_router_requests_total{base_model, route,
-code}`` (a counter) and ``loraplex_router_pending{base_model}`` (a gauge). Two sources:
+The contract with the router (:mod:`loraplex.shared.metric_names`):
+``loraplex_router_requests_total{base_model, route, code}`` (a counter) and
+``loraplex_router_pending{base_model}`` (a gauge).
 
-* :class:`ScrapeSource` — GET every router's ``/metrics`` (routers found through the router
-  Service's EndpointSlices, or fixed URLs), and turn counters into rates with
-  :class:`CounterRates`: per router, the increase over a sliding window, where a counter that
-  went down means the router restarted (the new value is the increase since the restart, as
-  Prometheus' ``rate()`` assumes); a router missing from a scrape drops out of the sum and its
-  history is forgotten; a new router counts from its second scrape. Summed over routers.
-* :class:`PrometheusSource` — the same two numbers from a Prometheus HTTP API query, for
-  clusters that already scrape the routers.
-
-:class:`CounterRates` and :func:`parse_router_metrics` are pure (injected clock); the sources do
-the I/O and are the only parts that know HTTP.
+Pure, no I/O (injected clock): :func:`parse_router_metrics` reads one router's ``/metrics``
+text; :class:`CounterRates` turns counters into rates — per router, the increase over a sliding
+window, where a counter that went down means the router restarted (the new value is the increase
+since the restart, as Prometheus' ``rate()`` assumes); a router missing from a scrape drops out
+of the sum and its history is forgotten; a new router counts from its second scrape. Summed over
+routers. :class:`RateSource` is what the operator reads each tick; the sources that do the HTTP
+(scraping the routers, or asking Prometheus) are in :mod:`loraplex.operator.scrape`.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from loraplex.shared.k8s import slice_urls
-
-log = logging.getLogger(__name__)
-
-REQUESTS_METRIC = "loraplex_router_requests_total"
-PENDING_METRIC = "loraplex_router_pending"
+from loraplex.shared.metric_names import BASE_MODEL_LABEL, ROUTER_PENDING, ROUTER_REQUESTS_TOTAL
 
 
 @dataclass(frozen=True)
@@ -59,17 +49,21 @@ class RateSnapshot:
 
 
 def parse_router_metrics(text: str) -> RouterSample:
-    """Sum ``requests_total`` over route and code, and read ``pending``, per base model."""
+    """Sum ``requests_total`` over route and code, and read ``pending``, per base model.
+
+    Matched on each sample's exposed name: prometheus_client also serves a
+    ``loraplex_router_requests_created`` series (timestamps, same labels) that must not count
+    as requests."""
     requests: dict[str, float] = {}
     pending: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            base = sample.labels.get("base_model")
+            base = sample.labels.get(BASE_MODEL_LABEL)
             if base is None:
                 continue
-            if sample.name == REQUESTS_METRIC:
+            if sample.name == ROUTER_REQUESTS_TOTAL:
                 requests[base] = requests.get(base, 0.0) + sample.value
-            elif sample.name == PENDING_METRIC:
+            elif sample.name == ROUTER_PENDING:
                 pending[base] = pending.get(base, 0.0) + sample.value
     return RouterSample(requests, pending)
 
@@ -124,62 +118,6 @@ class CounterRates:
 
 
 class RateSource(Protocol):
+    """Where the operator reads rates and pending from (the implementations do the I/O)."""
+
     async def read(self, now: float) -> RateSnapshot: ...
-
-
-MetricsUrls = Callable[[], Awaitable[Sequence[str]]]
-
-
-class ScrapeSource:
-    """Scrape every router's ``/metrics`` and compute rates with :class:`CounterRates`."""
-
-    def __init__(self, urls: MetricsUrls, http: httpx.AsyncClient, window_s: float = 30.0) -> None:
-        self._urls = urls
-        self._http = http
-        self._rates = CounterRates(window_s)
-
-    async def read(self, now: float) -> RateSnapshot:
-        samples: dict[str, RouterSample] = {}
-        for url in await self._urls():
-            try:
-                response = await self._http.get(url)
-                response.raise_for_status()
-                samples[url] = parse_router_metrics(response.text)
-            except (httpx.HTTPError, ValueError) as exc:
-                # One router down must not stop scaling for the others; it drops out of the sum.
-                log.warning("router metrics %s unavailable: %s", url, exc)
-        self._rates.observe(now, samples)
-        return self._rates.snapshot()
-
-
-class PrometheusSource:
-    """Read the rate and pending per base model from a Prometheus HTTP API (``/api/v1/query``)."""
-
-    def __init__(self, base_url: str, http: httpx.AsyncClient, window: str = "1m") -> None:
-        self._url = base_url.rstrip("/") + "/api/v1/query"
-        self._http = http
-        self.rate_query = f"sum by (base_model) (rate({REQUESTS_METRIC}[{window}]))"
-        self.pending_query = f"sum by (base_model) ({PENDING_METRIC})"
-
-    async def _query(self, query: str) -> dict[str, float]:
-        response = await self._http.get(self._url, params={"query": query})
-        response.raise_for_status()
-        body = response.json()
-        if body.get("status") != "success":
-            raise ValueError(f"Prometheus query failed: {body.get('error', body)}")
-        result = {}
-        for item in body["data"]["result"]:
-            base = item["metric"].get("base_model")
-            if base is not None:
-                result[base] = float(item["value"][1])
-        return result
-
-    async def read(self, now: float) -> RateSnapshot:
-        rates = await self._query(self.rate_query)
-        pending = await self._query(self.pending_query)
-        return RateSnapshot(rates, {k: round(v) for k, v in pending.items()}, routers=-1)
-
-
-def urls_from_endpoint_slices(slices: Sequence[Mapping], port_name: str, path: str) -> list[str]:
-    """``http://addr:port/metrics`` for every ready endpoint in the Service's EndpointSlices."""
-    return sorted({url + path for slice_ in slices for url in slice_urls(slice_, port_name)})

@@ -16,15 +16,10 @@ import httpx
 from aiohttp import web
 from loraplex.operator.kube import Kube
 from loraplex.operator.metrics import OperatorMetrics, start_server
-from loraplex.operator.rates import (
-    PrometheusSource,
-    RateSnapshot,
-    RateSource,
-    ScrapeSource,
-    urls_from_endpoint_slices,
-)
+from loraplex.operator.rates import RateSnapshot, RateSource
 from loraplex.operator.resources import Pool
 from loraplex.operator.scaling import ScalingPolicy
+from loraplex.operator.scrape import PrometheusSource, ScrapeSource, urls_from_endpoint_slices
 from loraplex.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)

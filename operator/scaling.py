@@ -3,6 +3,9 @@
 The operator's timer builds an :class:`Observation` each tick (rate and pending from the
 routers, replicas from the Deployment) and asks :meth:`ScalingPolicy.decide` for a replica
 count. The capacity simulator imports the same class, so what it plans is what the operator does.
+This is the one place replicas are chosen; the rules around the choice (``spec.replicas``
+pinning it, the count a reconcile writes, spotting a manual ``kubectl scale``, the status
+conditions) are pure functions in :mod:`loraplex.operator.replicas`.
 """
 
 from __future__ import annotations
@@ -92,10 +95,12 @@ class ScalingPolicy:
        once (``maxReplicas: 0`` stops the pool now).
 
     The policy is the one place replicas are chosen; the operator's timer writes the result to
-    the Deployment. The ``kubectl scale`` rule (README "Operator and autoscaling"):
-    ``kubectl scale deployment <pool>-worker`` is overwritten at the next tick, with a warning
-    log and Event naming both numbers; ``kubectl scale bmp <pool>`` sets ``spec.replicas``,
-    which pins the pool to that size (autoscaling paused) until the field is removed.
+    the Deployment, through the rules of :mod:`loraplex.operator.replicas`. The ``kubectl
+    scale`` rule (README "Operator and autoscaling"): ``kubectl scale deployment
+    <pool>-worker`` is overwritten at the next tick, with a warning log and Event naming both
+    numbers (:func:`~loraplex.operator.replicas.scaled_outside`); ``kubectl scale bmp <pool>``
+    sets ``spec.replicas``, which pins the pool to that size (autoscaling paused) until the
+    field is removed (:func:`~loraplex.operator.replicas.apply_pin`).
     """
 
     def __init__(self, spec: ScalingSpec, initial_replicas: int | None = None) -> None:

@@ -130,14 +130,22 @@ class LocalCardSource:
         repo_dir = self.models_dir / model_id
         if not repo_dir.is_dir():
             raise NotFound(f"no model {model_id!r} in {self.models_dir}")
-        readme = repo_dir / "README.md"
-        metadata = parse_front_matter(readme.read_text()) if readme.is_file() else {}
-        card = card_from_metadata(
-            model_id, card=metadata, sha=self.revision, gated=metadata.get("gated", False)
-        )
+        card = read_local_card(repo_dir, model_id, self.revision)
         if card.gated and token is None:
             raise _refused(model_id, None, "is gated")
         return card
+
+
+def read_local_card(repo_dir: Path, repo_id: str, revision: str = "main") -> ModelCard:
+    """The card of a local repo folder from its README.md front matter (none: no metadata).
+
+    One reading for the router's :class:`LocalCardSource` and the embedded mode's model scan,
+    so both see the same card."""
+    readme = repo_dir / "README.md"
+    metadata = parse_front_matter(readme.read_text()) if readme.is_file() else {}
+    return card_from_metadata(
+        repo_id, card=metadata, sha=revision, gated=metadata.get("gated", False)
+    )
 
 
 def parse_front_matter(text: str) -> dict[str, Any]:

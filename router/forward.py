@@ -6,12 +6,13 @@ proxy forwarding through a plain ``httpx.AsyncClient`` managed ~300 req/s, httpx
 aiohttp transport ~1,500, aiohttp directly ~2,500 (httpx's pool is slow under concurrency,
 encode/httpx#3215). The forwarding path is small enough that the httpx API buys nothing here.
 
-Retry rule: a failure *before the answer starts* (connect error, reset, 5xx, 429 queue full)
-is retried on another ready replica, up to ``attempts`` replicas. Answers up to
-``buffer_limit_bytes`` are read whole before the client gets a byte, so a body cut short is
-retried too; larger answers stream and are not retried once started. 4xx answers (bad
-parameters, adapter refused) are the worker's verdict and pass through unchanged. A failed
-replica is marked not ready until its next good ``/v1/state`` poll.
+Retry rule (the pure decisions are :mod:`loraplex.router.retry`; this module does the I/O):
+a failure *before the answer starts* (connect error, reset, 5xx, 429 queue full) is retried
+on another ready replica, up to ``attempts`` replicas. Answers up to ``buffer_limit_bytes``
+are read whole before the client gets a byte, so a body cut short is retried too; larger
+answers stream and are not retried once started. 4xx answers (bad parameters, adapter
+refused) are the worker's verdict and pass through unchanged. An unreachable replica, or one
+answering 503, is marked not ready until its next good ``/v1/state`` poll.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from loraplex.router.metrics import RouterMetrics
 from loraplex.router.pick import NoReplicaError, Picker
 from loraplex.router.pools import Pool, ReplicaState
 from loraplex.router.resolve import Route
+from loraplex.router.retry import Action, GiveUp, Transport, buffer_whole, classify_failure, give_up
 
 from loraplex.shared.contract import GenerateRequest, Headers
 from loraplex.shared.errors import DeadlineExceeded, QueueFull, UpstreamFailed
@@ -81,9 +83,9 @@ class ReplicasLost(UpstreamFailed):
 class _RetryableError(Exception):
     """This attempt failed before the answer started; another replica may succeed."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, *, queue_full: bool = False) -> None:
         super().__init__(message)
-        self.status = status  # the worker's HTTP status, when it answered one
+        self.queue_full = queue_full  # the worker answered 429: its queue was full
 
 
 class Forwarder:
@@ -135,13 +137,16 @@ class Forwarder:
                 return await self._attempt(pool, view.endpoint, body, headers, deadline)
             except _RetryableError as exc:
                 last_error = str(exc)
-                queue_full = queue_full or exc.status == 429
-        if queue_full:
+                queue_full = queue_full or exc.queue_full
+        verdict = give_up(
+            queue_full=queue_full, tried=len(tried), pool_ready=pool.ready_event.is_set()
+        )
+        if verdict is GiveUp.QUEUE_FULL:
             raise QueueFull(
                 f"every replica of {route.base_model} has a full queue; retry later",
                 retry_after_s=1,
             )
-        error = ReplicasLost if tried and not pool.ready_event.is_set() else UpstreamFailed
+        error = ReplicasLost if verdict is GiveUp.REPLICAS_LOST else UpstreamFailed
         raise error(
             f"workers of {route.base_model} failed after {len(tried)} attempt(s) "
             f"({last_error}); retry later"
@@ -171,24 +176,31 @@ class Forwarder:
             )
             answer, release = await self._read(pool, endpoint, resp, replica)
             return answer
-        except aiohttp.ConnectionTimeoutError as exc:  # before TimeoutError: it is one too
-            pool.mark_failed(endpoint)
-            raise _RetryableError(f"{type(exc).__name__} connecting to a worker") from None
-        except TimeoutError:
-            raise DeadlineExceeded(
-                "the request deadline passed while a worker was generating; retry with fewer "
-                "steps or a smaller image"
-            ) from None
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            pool.mark_failed(endpoint)
-            # %s, never %r: an aiohttp error's repr holds the request headers (the user's token).
-            log.warning(
-                "worker %s failed before answering: %s: %s", endpoint, type(exc).__name__, exc
-            )
-            raise _RetryableError(f"{type(exc).__name__} from a worker") from None
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            raise self._transport_failure(pool, endpoint, exc) from None
         finally:
             if release and replica is not None:
                 replica.own_inflight -= 1
+
+    @staticmethod
+    def _transport_failure(
+        pool: Pool, endpoint: str, exc: OSError | aiohttp.ClientError
+    ) -> DeadlineExceeded | _RetryableError:
+        """The error to raise for an attempt that got no usable answer (marks per the rule)."""
+        kind = _transport_kind(exc)
+        decision = classify_failure(transport=kind)
+        if decision.action is Action.DEADLINE:
+            return DeadlineExceeded(
+                "the request deadline passed while a worker was generating; retry with fewer "
+                "steps or a smaller image"
+            )
+        if decision.mark_down:
+            pool.mark_failed(endpoint)
+        if kind is Transport.CONNECT_TIMEOUT:
+            return _RetryableError(f"{type(exc).__name__} connecting to a worker")
+        # %s, never %r: an aiohttp error's repr holds the request headers (the user's token).
+        log.warning("worker %s failed before answering: %s: %s", endpoint, type(exc).__name__, exc)
+        return _RetryableError(f"{type(exc).__name__} from a worker")
 
     async def _read(
         self,
@@ -199,15 +211,15 @@ class Forwarder:
     ) -> tuple[WorkerAnswer, bool]:
         """Turn a worker response into an answer; returns (answer, release-inflight-now)."""
         status = resp.status
-        if status >= 500 or status == 429:
+        decision = classify_failure(status)
+        if decision.retry:
             detail = _error_text(await resp.read())
             resp.release()
-            # Only a 503 says the worker itself is unavailable (warming up, shutting down); a
-            # 500/502/504 is about this request (e.g. the Hub failed an adapter download), and
-            # marking the replica down would empty the pool for everyone else.
-            if status == 503:
+            if decision.mark_down:
                 pool.mark_failed(endpoint)
-            raise _RetryableError(f"worker answered {status}{detail}", status)
+            raise _RetryableError(
+                f"worker answered {status}{detail}", queue_full=decision.queue_full
+            )
         headers = {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers}
         headers[Headers.WORKER] = endpoint
         media_type = resp.headers.get("content-type", "application/octet-stream")
@@ -215,8 +227,7 @@ class Forwarder:
             replica = pool.replicas.get(endpoint)
             if replica is not None:
                 replica.observe_answer(resp.headers)
-        length = resp.content_length
-        if (length is not None and length <= self.buffer_limit_bytes) or status != 200:
+        if buffer_whole(status, resp.content_length, self.buffer_limit_bytes):
             data = await resp.read()
             resp.release()
             return WorkerAnswer(status, headers, media_type, body=data), True
@@ -231,6 +242,16 @@ async def _stream(resp: aiohttp.ClientResponse, release: _StreamRelease) -> Asyn
             yield chunk
     finally:
         release()
+
+
+def _transport_kind(exc: OSError | aiohttp.ClientError) -> Transport:
+    """Which transport failure an aiohttp/socket error is."""
+    # ConnectionTimeoutError first: it is a TimeoutError too, but means "never connected".
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return Transport.CONNECT_TIMEOUT
+    if isinstance(exc, TimeoutError):
+        return Transport.DEADLINE
+    return Transport.CONNECTION
 
 
 def _error_text(body: bytes) -> str:

@@ -11,7 +11,8 @@ from loraplex.router.cards import HubCardSource, LocalCardSource
 from loraplex.router.forward import Forwarder
 from loraplex.router.metrics import RouterMetrics
 from loraplex.router.pick import STRATEGIES, AdapterAffinityPicker, Picker
-from loraplex.router.pools import PoolRegistry, PoolSource, StatePoller, StaticPoolSource
+from loraplex.router.poller import StatePoller
+from loraplex.router.pools import PoolRegistry, PoolSource, StaticPoolSource
 from loraplex.router.resolve import CardSource, Resolver
 from loraplex.router.service import RouterService
 from loraplex.router.settings import RouterSettings

@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
-from huggingface_hub.repocard import metadata_load
 
 from loraplex.embedded.supervise import ChildSpec, Supervisor
 from loraplex.localhub.server import HubState, RepoStore, create_hub_app
-from loraplex.shared.errors import BadRequest
+from loraplex.router.cards import read_local_card
+from loraplex.router.resolve import ModelCard, classify
+from loraplex.shared.errors import BadRequest, NotServable
 from loraplex.shared.ids import validate_model_id
 from loraplex.shared.logs import configure_logging
 
@@ -60,7 +61,8 @@ class LocalRepos:
 
 def scan_models_dir(root: Path) -> LocalRepos:
     """Find Hub-layout repos ``root/<org>/<name>/``: bases have ``model_index.json``; LoRAs
-    listed are the open ones (not gated or private by card or ``.hub-access.json``)."""
+    are the repos the router routes as adapters (:func:`lora_bases`), listed when open (not
+    gated or private by card or ``.hub-access.json``)."""
     bases: list[str] = []
     loras: dict[str, tuple[str, ...]] = {}
     rules = RepoStore(root).access_rules()
@@ -77,15 +79,28 @@ def scan_models_dir(root: Path) -> LocalRepos:
         if (repo_dir / "model_index.json").is_file():
             bases.append(repo_id)
             continue
-        card = repo_dir / "README.md"
-        meta = metadata_load(card) if card.is_file() else None
-        if not meta or "lora" not in (meta.get("tags") or []) or meta.get("gated"):
+        card = read_local_card(repo_dir, repo_id)
+        if card.gated or repo_id in closed:
             continue
-        if repo_id in closed:
-            continue
-        base = meta.get("base_model")
-        loras[repo_id] = tuple(base if isinstance(base, list) else [base] if base else [])
+        found = lora_bases(card)
+        if found:
+            loras[repo_id] = found
     return LocalRepos(bases=tuple(bases), loras=loras)
+
+
+def lora_bases(card: ModelCard) -> tuple[str, ...]:
+    """The bases ``card`` is a LoRA of, as the router decides it; () when it is none.
+
+    The router's own :func:`~loraplex.router.resolve.classify` with every base the card
+    names served: it routes the repo as an adapter exactly when it is a LoRA by the router's
+    rules (card tag, ``base_model_relation``, adapter tags), names a base and is
+    text-to-image. Which of those bases are served is decided later, by the caller.
+    """
+    try:
+        route = classify(card, frozenset(card.base_models))
+    except NotServable:
+        return ()
+    return card.base_models if route.adapter is not None else ()
 
 
 def url_host(host: str) -> str:

@@ -15,8 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loraplex.operator.settings import OperatorSettings
+from loraplex.router.settings import RouterSettings
+from loraplex.worker.settings import WorkerSettings
 
+# Defaults taken from the components' own settings, so the plan follows what they run with.
 _OPERATOR = OperatorSettings.model_fields
+_ROUTER = RouterSettings.model_fields
+_WORKER = WorkerSettings.model_fields
 
 
 class _Model(BaseModel):
@@ -115,6 +120,9 @@ class PoolSettings(_Model):
     # True: the pool's workers share one disk cache (the chart's ReadWriteMany modelCache PVC),
     # so an adapter one replica downloaded is a disk hit on every other; False: per node.
     shared_disk_cache: bool = True
+    # The worker's GroupingQueue: how often a waiting request may be overtaken by later ones
+    # for the active adapter (the worker's LORAPLEX_WORKER_MAX_OVERTAKE; 0 = FIFO).
+    max_overtake: int = Field(default=_WORKER["max_overtake"].default, ge=0)
     max_queue_per_replica: int = Field(default=2, ge=1)  # AdapterAffinityPicker's bound
     scaling: ScalingSettings = ScalingSettings()
 
@@ -127,7 +135,10 @@ class ScenarioSettings(_Model):
     operator_interval_s: float = Field(default=_OPERATOR["interval_s"].default, gt=0)
     rate_window_s: float = Field(default=_OPERATOR["rate_window_s"].default, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)  # held longer → rejected (504)
-    max_queue_depth: int = Field(default=64, ge=1)  # every replica this deep → rejected (429)
+    # Requests waiting per replica (the worker queue's capacity, the running one not counted);
+    # a full queue answers 429 and the router tries another replica, up to router_attempts.
+    max_queue_depth: int = Field(default=64, ge=1)
+    router_attempts: int = Field(default=_ROUTER["attempts"].default, ge=1)
     before_idle_stop_s: float = Field(default=300.0, ge=0)  # dedicated deployment scale-down
     after_picker: Literal["round_robin", "least_loaded"] = "round_robin"
     after_replicas: dict[str, int] = Field(default_factory=dict)  # fixed pool size per base

@@ -1,137 +1,27 @@
-"""Simulated GPU workers: one request at a time, service time = adapter switch + inference.
+"""Simulated GPU workers: the worker's own queue, service time = adapter switch + inference.
 
-Workers are modelled by service times only; which worker gets a request, and how many
-workers exist, is decided by the project's real picker and scaling policy (see
-:mod:`loraplex.simulate.scenarios`). Three adapter models cover the three scenarios:
-:class:`DedicatedAdapter` (the seed's "before": the adapter is part of the deployment),
-:class:`SingleAdapterSlot` (the seed's "after": unload + load on every switch) and
-:class:`TieredAdapterCache` (loraplex: resident slots ◂ host RAM ◂ disk ◂ Hub, LRU each).
+Workers are modelled by service times; which worker gets a request, and how many workers
+exist, is decided by the project's real picker and scaling policy (see
+:mod:`loraplex.simulate.scenarios`). Which waiting request a worker runs next is decided by the
+worker's own :class:`~loraplex.worker.queue.GroupingQueue` (bounded; same-adapter requests
+overtake, at most ``max_overtake`` times each; ``max_overtake=0`` is FIFO), and what it holds
+by an adapter model of :mod:`loraplex.simulate.adapters`.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
 import simpy
 
 from loraplex.router.pick import ReplicaView
-from loraplex.shared.contract import SwitchTier
-from loraplex.simulate.config import SwitchTimes
+from loraplex.simulate.adapters import AdapterModel
 from loraplex.simulate.traffic import Request
+from loraplex.worker.queue import GroupingQueue, Job
 
 COLD_START = "cold_start"  # tier label: the request waited for its deployment to warm up
-
-
-@dataclass(frozen=True)
-class Switch:
-    seconds: float
-    tier: str
-    loaded: bool  # adapter weights were copied onto the GPU
-
-
-class DedicatedAdapter:
-    """The deployment *is* the adapter: loaded once during warm-up, never switched."""
-
-    resident: tuple[str, ...] = ()
-    host: tuple[str, ...] = ()
-
-    def __init__(self, adapter: str | None) -> None:
-        self.active = adapter
-
-    def switch(self, adapter: str | None) -> Switch:
-        return Switch(0.0, SwitchTier.ACTIVE.value, loaded=False)
-
-
-class SingleAdapterSlot:
-    """One adapter at a time; a different adapter costs unload (if any) + a fresh load."""
-
-    resident: tuple[str, ...] = ()
-    host: tuple[str, ...] = ()
-
-    def __init__(self, load_s: float, unload_s: float) -> None:
-        self.active: str | None = None
-        self._load_s = load_s
-        self._unload_s = unload_s
-
-    def switch(self, adapter: str | None) -> Switch:
-        if adapter == self.active:
-            tier = SwitchTier.NONE if adapter is None else SwitchTier.ACTIVE
-            return Switch(0.0, tier.value, loaded=False)
-        seconds = self._unload_s if self.active is not None else 0.0
-        self.active = adapter
-        if adapter is None:
-            return Switch(seconds, SwitchTier.NONE.value, loaded=False)
-        return Switch(seconds + self._load_s, SwitchTier.HUB.value, loaded=True)
-
-
-class LruSet:
-    """Keys in least-recently-used order, at most ``capacity`` of them."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def touch(self, key: str) -> None:
-        if self.capacity <= 0:
-            return
-        self._items[key] = None
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-
-class TieredAdapterCache:
-    """loraplex's worker cache: each tier an LRU, inclusive (a resident adapter is also cached
-    in host RAM and on disk). Evicting from the GPU costs nothing: the host copy stays.
-    ``disk`` may be one :class:`LruSet` shared by a pool's workers (a shared model-cache volume).
-    """
-
-    def __init__(self, times: SwitchTimes, slots: int, host: int, disk: int | LruSet) -> None:
-        self.active: str | None = None
-        self._times = times
-        self._resident = LruSet(slots)
-        self._host = LruSet(host)
-        self._disk = disk if isinstance(disk, LruSet) else LruSet(disk)
-
-    @property
-    def resident(self) -> tuple[str, ...]:
-        return tuple(self._resident)
-
-    @property
-    def host(self) -> tuple[str, ...]:
-        return tuple(self._host)
-
-    def _locate(self, adapter: str) -> Switch:
-        if adapter == self.active:
-            return Switch(0.0, SwitchTier.ACTIVE.value, loaded=False)
-        if adapter in self._resident:
-            return Switch(self._times.resident, SwitchTier.RESIDENT.value, loaded=False)
-        if adapter in self._host:
-            return Switch(self._times.host, SwitchTier.HOST.value, loaded=True)
-        if adapter in self._disk:
-            return Switch(self._times.disk, SwitchTier.DISK.value, loaded=True)
-        return Switch(self._times.hub, SwitchTier.HUB.value, loaded=True)
-
-    def switch(self, adapter: str | None) -> Switch:
-        if adapter is None:
-            self.active = None
-            return Switch(0.0, SwitchTier.NONE.value, loaded=False)
-        found = self._locate(adapter)
-        self.active = adapter
-        for tier in (self._resident, self._host, self._disk):
-            tier.touch(adapter)
-        return found
-
-
-AdapterModel = DedicatedAdapter | SingleAdapterSlot | TieredAdapterCache
 
 
 @dataclass
@@ -174,8 +64,20 @@ class Recorder:
         return span
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """A queued request (a :class:`~loraplex.worker.queue.Job` payload)."""
+
+    request: Request
+    cold: bool  # queued before its worker was ready: it waited for the warm-up
+
+
 class Replica:
-    """One GPU worker: warms up, then serves its FIFO queue one request at a time."""
+    """One GPU worker: warms up, then runs the job its :class:`GroupingQueue` hands out next.
+
+    ``enqueue`` raises :class:`~loraplex.shared.errors.QueueFull` when the queue is at capacity
+    (the worker's 429), so the caller decides whether to try another replica.
+    """
 
     def __init__(
         self,
@@ -185,6 +87,7 @@ class Replica:
         adapters: AdapterModel,
         recorder: Recorder,
         warmup_s: float,
+        queue: GroupingQueue,
         on_ready: Callable[[Replica], None] | None = None,
     ) -> None:
         self.env = env
@@ -192,20 +95,28 @@ class Replica:
         self.inference_s = inference_s
         self.adapters = adapters
         self.recorder = recorder
-        self.depth = 0  # queued + running; updated on enqueue so the picker sees it at once
+        self.queue = queue
+        self.running = 0
         self.draining = False
         self.stopped = False
         self.ready_event = env.event()
-        self._gpu = simpy.Resource(env, capacity=1)
         self._span = recorder.gpu_start(env.now)
         self._view: ReplicaView | None = None
         self._on_ready = on_ready
         self._idle_since = env.now
+        self._last_group: Hashable = None  # the worker's executor keeps the same
+        self._wake: simpy.Event | None = None
         env.process(self._warm_up(warmup_s))
+        env.process(self._serve())
 
     @property
     def ready(self) -> bool:
         return self.ready_event.triggered and not self.stopped
+
+    @property
+    def depth(self) -> int:
+        """Queued + running: what the router's view counts."""
+        return len(self.queue) + self.running
 
     def _warm_up(self, seconds: float) -> Iterator[simpy.Event]:
         yield self.env.timeout(seconds)
@@ -228,24 +139,35 @@ class Replica:
         return self._view
 
     def enqueue(self, request: Request) -> None:
-        self.depth += 1
+        waiting = Waiting(request, cold=not self.ready_event.triggered)
+        self.queue.push(Job(request.adapter, waiting))  # the worker groups by adapter id
         self._view = None
-        self.env.process(self._serve(request))
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
 
-    def _serve(self, request: Request) -> Iterator[simpy.Event]:
-        waited_warmup = not self.ready_event.triggered
-        if waited_warmup:
-            yield self.ready_event
-        with self._gpu.request() as turn:
-            yield turn
-            switch = self.adapters.switch(request.adapter)
-            self._view = None
-            if switch.loaded:
-                self.recorder.loaded.add(request.index)
-            yield self.env.timeout(switch.seconds + self.inference_s)
-        self.depth -= 1
+    def _serve(self) -> Iterator[simpy.Event]:
+        """The executor's loop: pop after the last job's adapter, run, repeat."""
+        yield self.ready_event
+        while not self.stopped:
+            job = self.queue.pop(self._last_group)
+            if job is None:
+                self._wake = self.env.event()
+                yield self._wake
+                continue
+            self._last_group = job.group
+            yield from self._run(job.payload)
+
+    def _run(self, waiting: Waiting) -> Iterator[simpy.Event]:
+        request = waiting.request
+        self.running = 1
+        switch = self.adapters.switch(request.adapter)
         self._view = None
-        self.recorder.complete(request, self.env.now, COLD_START if waited_warmup else switch.tier)
+        if switch.loaded:
+            self.recorder.loaded.add(request.index)
+        yield self.env.timeout(switch.seconds + self.inference_s)
+        self.running = 0
+        self._view = None
+        self.recorder.complete(request, self.env.now, COLD_START if waiting.cold else switch.tier)
         if self.depth == 0:
             self._idle_since = self.env.now
             if self.draining:

@@ -6,12 +6,18 @@
 * ``after`` — the seed's pools: a fixed, always-warm pool per base, one adapter at a time
   (unload + load from the Hub on every switch), replicas picked without affinity by the
   router's own :class:`~loraplex.router.pick.RoundRobinPicker` (or ``LeastLoadedPicker``).
-* ``loraplex`` — pools per base whose workers keep a tiered adapter cache, requests placed by
-  the router's :class:`~loraplex.router.pick.AdapterAffinityPicker`, and replicas set every
-  operator interval by the operator's :class:`~loraplex.operator.scaling.ScalingPolicy`, fed
-  the rate the operator measures (requests over the last interval) and the pending count
-  (requests held for a pool with no ready replica). A new replica is ready after pod start +
+* ``loraplex`` — pools per base whose workers keep the worker's own tiered adapter cache
+  (:class:`~loraplex.simulate.adapters.WorkerAdapters`) and let same-adapter requests overtake
+  up to the pool's ``max_overtake``, requests placed by the router's
+  :class:`~loraplex.router.pick.AdapterAffinityPicker`, and replicas set every operator
+  interval by the operator's :class:`~loraplex.operator.scaling.ScalingPolicy`, fed the rate
+  the operator measures (requests over the last interval) and the pending count (requests
+  held for a pool with no ready replica). A new replica is ready after pod start +
   base load (cold for a pool's first replica, from the node cache after that).
+
+Every replica runs the worker's :class:`~loraplex.worker.queue.GroupingQueue` (FIFO for the
+seed's workers) bounded at ``max_queue_depth`` waiting requests; a full queue is the worker's
+429, and the pool retries on replicas not yet tried, up to the router's ``attempts``.
 """
 
 from __future__ import annotations
@@ -25,17 +31,18 @@ import simpy
 from loraplex.operator.rates import CounterRates, RouterSample
 from loraplex.operator.scaling import Observation, ScalingPolicy, ScalingSpec
 from loraplex.router.pick import AdapterAffinityPicker, LeastLoadedPicker, Picker, RoundRobinPicker
-from loraplex.simulate.config import PoolSettings, SimConfig
-from loraplex.simulate.fleet import (
+from loraplex.shared.errors import QueueFull
+from loraplex.simulate.adapters import (
     AdapterModel,
     DedicatedAdapter,
-    LruSet,
-    Recorder,
-    Replica,
+    DiskCache,
     SingleAdapterSlot,
-    TieredAdapterCache,
+    WorkerAdapters,
 )
+from loraplex.simulate.config import PoolSettings, SimConfig, SwitchTimes
+from loraplex.simulate.fleet import Recorder, Replica
 from loraplex.simulate.traffic import Request, Traffic
+from loraplex.worker.queue import GroupingQueue
 
 SCENARIOS = ("before", "after", "loraplex")
 AFTER_PICKERS: dict[str, type[RoundRobinPicker | LeastLoadedPicker]] = {
@@ -56,6 +63,8 @@ class Pool:
         cfg: SimConfig,
         make_adapters: Callable[[], AdapterModel],
         inference_s: float,
+        *,
+        max_overtake: int,
     ) -> None:
         self.env, self.name, self.picker, self.recorder, self.cfg = env, name, picker, recorder, cfg
         self.replicas: list[Replica] = []
@@ -63,6 +72,7 @@ class Pool:
         self._by_name: dict[str, Replica] = {}
         self._make_adapters = make_adapters
         self._inference_s = inference_s
+        self._max_overtake = max_overtake
         self._started = 0
         self.weights_cached = False  # a replica has loaded the base: it is on the cache volume
         self._flush_scheduled = False
@@ -76,6 +86,7 @@ class Pool:
             self._make_adapters(),
             self.recorder,
             warmup_s,
+            GroupingQueue(self.cfg.scenarios.max_queue_depth, self._max_overtake),
             on_ready=self._on_ready,
         )
         self.replicas.append(replica)
@@ -96,11 +107,21 @@ class Pool:
             self.pending.append(request)
 
     def _dispatch(self, request: Request, ready: list[Replica]) -> None:
-        if min(r.depth for r in ready) >= self.cfg.scenarios.max_queue_depth:
-            self.recorder.reject(request, "queue_full")
-            return
-        view = self.picker.pick([r.view() for r in ready], request.adapter)
-        self._by_name[view.endpoint].enqueue(request)
+        """Pick, and on a full queue (the worker's 429) pick again among the replicas not yet
+        tried, up to the router's ``attempts``: the router's retry rule."""
+        tried: set[str] = set()
+        for _ in range(self.cfg.scenarios.router_attempts):
+            views = [r.view() for r in ready if r.name not in tried]
+            if not views:
+                break
+            replica = self._by_name[self.picker.pick(views, request.adapter).endpoint]
+            try:
+                replica.enqueue(request)
+            except QueueFull:
+                tried.add(replica.name)
+            else:
+                return
+        self.recorder.reject(request, "queue_full")
 
     def _on_ready(self, replica: Replica) -> None:
         self.weights_cached = True
@@ -203,13 +224,14 @@ def run_before(traffic: Traffic, cfg: SimConfig) -> Recorder:
                 DedicatedAdapter(request.adapter),
                 recorder,
                 warmup,
+                GroupingQueue(knobs.max_queue_depth, max_overtake=0),  # one adapter: FIFO
             )
             deployments[request.model_id] = deployment
             env.process(idle_watch(request.model_id, deployment))
-        if deployment.depth >= knobs.max_queue_depth:
-            recorder.reject(request, "queue_full")
-        else:
+        try:
             deployment.enqueue(request)
+        except QueueFull:
+            recorder.reject(request, "queue_full")
 
     def count() -> int:
         return len(deployments)
@@ -263,6 +285,7 @@ def run_after(traffic: Traffic, cfg: SimConfig) -> Recorder:
             cfg,
             lambda: SingleAdapterSlot(hw.switch_s.hub, hw.unload_s),
             hw.inference_for(base),
+            max_overtake=0,  # the seed's workers run requests in arrival order
         )
         for _ in range(after_pool_size(traffic, base, cfg)):
             pool.add_replica(0.0)  # always warm: the pool exists before the first request
@@ -289,6 +312,18 @@ def loraplex_parts(cfg: SimConfig, base: str) -> tuple[AdapterAffinityPicker, Sc
     return AdapterAffinityPicker(pool.max_queue_per_replica), ScalingPolicy(scaling_spec(pool))
 
 
+def worker_caches(times: SwitchTimes, settings: PoolSettings) -> Callable[[], WorkerAdapters]:
+    """A new worker's adapter cache, per replica; the disk is one for the pool when shared."""
+    shared_disk = DiskCache(settings.disk_cache_adapters)
+
+    def worker_cache() -> WorkerAdapters:
+        disk = shared_disk if settings.shared_disk_cache else settings.disk_cache_adapters
+        slots, host = settings.adapter_slots, settings.host_cache_adapters
+        return WorkerAdapters.counted(times, slots=slots, host=host, disk=disk)
+
+    return worker_cache
+
+
 def run_loraplex(traffic: Traffic, cfg: SimConfig) -> Recorder:
     hw = cfg.hardware
     interval = cfg.scenarios.operator_interval_s
@@ -299,15 +334,15 @@ def run_loraplex(traffic: Traffic, cfg: SimConfig) -> Recorder:
         settings = cfg.pool_for(base)
         picker, policies[base] = loraplex_parts(cfg, base)
         recorder.parts[base] = (picker, policies[base])
-        shared_disk = LruSet(settings.disk_cache_adapters)
-
-        def worker_cache() -> TieredAdapterCache:
-            disk = shared_disk if settings.shared_disk_cache else settings.disk_cache_adapters
-            slots, host = settings.adapter_slots, settings.host_cache_adapters
-            return TieredAdapterCache(hw.switch_s, slots, host, disk)
-
         pool = Pool(
-            env, f"loraplex/{base}", picker, recorder, cfg, worker_cache, hw.inference_for(base)
+            env,
+            f"loraplex/{base}",
+            picker,
+            recorder,
+            cfg,
+            worker_caches(hw.switch_s, settings),
+            hw.inference_for(base),
+            max_overtake=settings.max_overtake,
         )
         for _ in range(settings.scaling.min_replicas):
             pool.add_replica(0.0)

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from loraplex.router.cards import LocalCardSource
+from loraplex.router.resolve import classify
 
 from loraplex.embedded.up import (
     build_parser,
@@ -20,6 +22,7 @@ from loraplex.embedded.up import (
     usage_lines,
     worker_specs,
 )
+from loraplex.shared.errors import NotServable
 from loraplex.shared.logs import configure_logging
 
 
@@ -46,6 +49,51 @@ def test_scan_finds_bases_and_loras_by_card(tmp_path: Path) -> None:
     found = scan_models_dir(tmp_path)
     assert found.bases == ("org/base",)
     assert found.loras == {"org/listed": ("x/y", "org/base"), "org/lora": ("org/base",)}
+
+
+# Cards the router routes as a LoRA without the plain `lora` tag, and cards it refuses.
+ROUTER_RULE_CARDS = {
+    "org/relation": "base_model: org/base\nbase_model_relation: adapter",
+    "org/adapter-tag": "tags: ['base_model:adapter:org/base']",
+    "org/upper": "base_model: org/base\ntags: [LoRA]",
+    "org/str-tag": "base_model: org/base\ntags: lora",
+    "org/no-base": "tags: [lora]",
+    "org/llm": "base_model: org/base\ntags: [lora]\npipeline_tag: text-generation",
+    "org/merge": "base_model: org/base\nbase_model_relation: merge",
+}
+
+
+def test_scan_uses_the_routers_lora_rules(tmp_path: Path) -> None:
+    repo(tmp_path, "org/base", "tags: [text-to-image]", base=True)
+    for repo_id, card in ROUTER_RULE_CARDS.items():
+        repo(tmp_path, repo_id, card)
+    assert scan_models_dir(tmp_path).loras == {
+        "org/adapter-tag": ("org/base",),
+        "org/relation": ("org/base",),
+        "org/str-tag": ("org/base",),
+        "org/upper": ("org/base",),
+    }
+
+
+async def test_scan_lists_exactly_what_the_router_routes_as_a_lora(tmp_path: Path) -> None:
+    """The scan and the router (its LocalCardSource over the same folder) agree on every repo."""
+    repo(tmp_path, "org/base", "tags: [text-to-image]", base=True)
+    for repo_id, card in ROUTER_RULE_CARDS.items():
+        repo(tmp_path, repo_id, card)
+    repo(tmp_path, "org/lora", "base_model: org/base\ntags: [lora]")
+    repo(tmp_path, "org/finetune", "base_model: org/base\ntags: [diffusers]")
+    repo(tmp_path, "org/nocard", None)
+    source = LocalCardSource(tmp_path)
+    routed = set()
+    for repo_id in ["org/lora", "org/finetune", "org/nocard", *ROUTER_RULE_CARDS]:
+        try:
+            route = classify(await source.fetch(repo_id, token=None), {"org/base"})
+        except NotServable:
+            continue
+        if route.adapter is not None:
+            routed.add(repo_id)
+    assert set(scan_models_dir(tmp_path).loras) == routed
+    assert routed == {"org/lora", "org/relation", "org/adapter-tag", "org/upper", "org/str-tag"}
 
 
 def test_banner_has_copy_paste_requests() -> None:

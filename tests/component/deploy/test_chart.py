@@ -283,14 +283,16 @@ def test_service_monitors_scrape_named_ports(rendered_all_on: list[Manifest]) ->
 
 
 def defined_metric_names() -> set[str]:
-    """Metric names the components define (their metrics modules, PREFIX constants expanded)."""
+    """Metric names the components define (their metrics modules, PREFIX constants expanded,
+    and the router-operator contract's names in loraplex/shared/metric_names.py)."""
     import re
 
     from fixtures.deploy_checks import REPO
 
     names = set()
-    for folder in ("router", "worker", "operator"):
-        source = (REPO / folder / "metrics.py").read_text()
+    sources = [REPO / folder / "metrics.py" for folder in ("router", "worker", "operator")]
+    for path in [*sources, REPO / "loraplex" / "shared" / "metric_names.py"]:
+        source = path.read_text()
         prefix = re.search(r'^PREFIX = "([a-z_]+)"', source, re.MULTILINE)
         if prefix:
             source = source.replace('f"{PREFIX}', f'"{prefix[1]}')

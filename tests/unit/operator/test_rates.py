@@ -1,4 +1,5 @@
-"""Router counters → request rates (pure core) and the rate sources against stub HTTP servers."""
+"""Router counters → request rates (pure core), the router ↔ operator metric contract, and the
+rate sources (:mod:`loraplex.operator.scrape`) against stub HTTP servers."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from aiohttp import web
-from loraplex.operator.rates import (
-    CounterRates,
-    PrometheusSource,
-    RouterSample,
-    ScrapeSource,
-    parse_router_metrics,
-    urls_from_endpoint_slices,
-)
+from loraplex.operator.rates import CounterRates, RouterSample, parse_router_metrics
 from loraplex.operator.scaling import Observation, ScalingPolicy, ScalingSpec
+from loraplex.operator.scrape import PrometheusSource, ScrapeSource, urls_from_endpoint_slices
+from loraplex.router.metrics import RouterMetrics
+from prometheus_client import generate_latest
+
+from loraplex.shared.metric_names import BASE_MODEL_LABEL, ROUTER_PENDING, ROUTER_REQUESTS_TOTAL
 
 A, B = "org/base-a", "org/base-b"
 
@@ -109,6 +108,33 @@ def test_parse_router_metrics_sums_routes_and_codes() -> None:
     )
     parsed = parse_router_metrics(text + "\n")
     assert parsed.requests == {A: 10.0, B: 1.0} and parsed.pending == {A: 2.0}
+
+
+def test_operator_parses_what_the_router_registry_exposes() -> None:
+    """The contract end to end: the router's own registry, rendered as prometheus_client serves
+    it (``_total`` appended to the counter, ``_created`` series beside it), read back by the
+    operator's parser. A rename on either side that misses the other fails here."""
+    metrics = RouterMetrics()
+    metrics.requests.labels(base_model=A, route="adapter", code="200").inc(7)
+    metrics.requests.labels(base_model=A, route="base", code="503").inc(3)
+    metrics.requests.labels(base_model=B, route="base", code="200").inc()
+    metrics.pending.labels(base_model=A).set(2)
+    metrics.inflight.labels(base_model=B).set(5)  # same label, not part of the contract
+    text = generate_latest(metrics.registry).decode()
+    assert f'{ROUTER_REQUESTS_TOTAL}{{{BASE_MODEL_LABEL}="{A}"' in text
+    assert f'{ROUTER_PENDING}{{{BASE_MODEL_LABEL}="{A}"}} 2.0' in text
+    parsed = parse_router_metrics(text)
+    assert parsed.requests == {A: 10.0, B: 1.0}
+    assert parsed.pending == {A: 2.0}
+
+
+async def test_prometheus_queries_name_the_exposed_series() -> None:
+    # Spelled out, not built from the constants: these queries are what dashboards and
+    # recording rules already use, so a change to the constants must fail here too.
+    async with httpx.AsyncClient() as http:
+        source = PrometheusSource("http://prometheus:9090/", http, window="2m")
+    assert source.rate_query == "sum by (base_model) (rate(loraplex_router_requests_total[2m]))"
+    assert source.pending_query == "sum by (base_model) (loraplex_router_pending)"
 
 
 def test_urls_from_endpoint_slices_keep_ready_endpoints() -> None:

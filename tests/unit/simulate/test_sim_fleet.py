@@ -1,39 +1,58 @@
-"""Worker models: switch cost by tier, LRU eviction, and the single-slot seed worker."""
+"""Simulated replicas: the worker's GroupingQueue picks the next job, bounded as the worker's."""
 
 from __future__ import annotations
 
-from loraplex.shared.contract import SwitchTier
+import pytest
+import simpy
+from loraplex.worker.queue import GroupingQueue
+
+from loraplex.shared.errors import QueueFull
+from loraplex.simulate.adapters import WorkerAdapters
 from loraplex.simulate.config import SwitchTimes
-from loraplex.simulate.fleet import SingleAdapterSlot, TieredAdapterCache
+from loraplex.simulate.fleet import COLD_START, Recorder, Replica
+from loraplex.simulate.traffic import Request
 
-TIMES = SwitchTimes(resident=0.01, host=0.2, disk=1.0, hub=3.0)
-
-
-def test_tiered_cache_walks_down_the_tiers_and_back_up() -> None:
-    cache = TieredAdapterCache(TIMES, slots=2, host=3, disk=6)
-    assert cache.switch("a").tier == SwitchTier.HUB and cache.switch("a").tier == SwitchTier.ACTIVE
-    cache.switch("b")
-    first = cache.switch("a")
-    assert (first.tier, first.seconds, first.loaded) == (SwitchTier.RESIDENT, 0.01, False)
-    cache.switch("c")  # slots=2: b (least recent) leaves the GPU, stays in host RAM
-    assert cache.resident == ("a", "c")
-    again = cache.switch("b")
-    assert (again.tier, again.seconds, again.loaded) == (SwitchTier.HOST, 0.2, True)
-    for name in ("d", "e", "f"):
-        cache.switch(name)
-    assert "a" not in cache.host  # host=3 keeps the three most recent
-    assert cache.switch("a").tier == SwitchTier.DISK
-    for name in ("g", "h", "i", "j"):
-        cache.switch(name)
-    assert cache.switch("b").tier == SwitchTier.HUB  # fell off the 6-adapter disk cache too
-    assert cache.switch(None).tier == SwitchTier.NONE and cache.active is None
+ADAPTERS = ["a", "b", "c", "a", "a"]
 
 
-def test_single_slot_pays_unload_and_load_on_every_change() -> None:
-    slot = SingleAdapterSlot(load_s=3.0, unload_s=0.3)
-    assert slot.switch("a").seconds == 3.0  # nothing to unload yet
-    assert slot.switch("a").seconds == 0.0
-    change = slot.switch("b")
-    assert (change.seconds, change.tier, change.loaded) == (3.3, SwitchTier.HUB, True)
-    back_to_base = slot.switch(None)
-    assert (back_to_base.seconds, back_to_base.loaded) == (0.3, False)
+def _replica(env: simpy.Environment, max_overtake: int, capacity: int = 8) -> Replica:
+    recorder = Recorder(total=len(ADAPTERS), done=env.event())
+    adapters = WorkerAdapters.counted(SwitchTimes(), slots=2, host=4, disk=10)
+    queue = GroupingQueue(capacity, max_overtake)
+    return Replica(env, "r", 1.0, adapters, recorder, warmup_s=0.0, queue=queue)
+
+
+def _completion_order(max_overtake: int) -> list[int]:
+    env = simpy.Environment()
+    replica = _replica(env, max_overtake)
+
+    def arrive() -> object:
+        yield env.timeout(0.5)
+        for i, adapter in enumerate(ADAPTERS):  # all at once: the first runs, four wait
+            replica.enqueue(Request(i, env.now, adapter, "sdxl", adapter))
+
+    env.process(arrive())
+    env.run()
+    return list(replica.recorder.latencies)  # filled in completion order
+
+
+def test_same_adapter_jobs_overtake_at_most_max_overtake_times() -> None:
+    # After a: both later a's would overtake b and c, but each may be passed over only once.
+    assert _completion_order(max_overtake=1) == [0, 3, 1, 2, 4]
+    assert _completion_order(max_overtake=4) == [0, 3, 4, 1, 2]
+    assert _completion_order(max_overtake=0) == [0, 1, 2, 3, 4]  # FIFO
+
+
+def test_a_full_queue_refuses_like_the_worker_and_cold_jobs_are_marked() -> None:
+    env = simpy.Environment()
+    recorder = Recorder(total=3, done=env.event())
+    adapters = WorkerAdapters.counted(SwitchTimes(), slots=1, host=1, disk=1)
+    replica = Replica(env, "r", 1.0, adapters, recorder, warmup_s=5.0, queue=GroupingQueue(2, 0))
+    for i in range(2):
+        replica.enqueue(Request(i, 0.0, "a", "sdxl", "a"))
+    with pytest.raises(QueueFull):
+        replica.enqueue(Request(2, 0.0, "a", "sdxl", "a"))
+    assert replica.depth == 2 and replica.view().queue_depth == 2
+    env.run()
+    assert recorder.tiers == {0: COLD_START, 1: COLD_START}  # both waited for the warm-up
+    assert recorder.latencies[0] > 5.0 and replica.depth == 0

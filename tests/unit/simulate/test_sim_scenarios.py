@@ -1,8 +1,9 @@
-"""Scenarios: conservation, determinism, and the real router picker and operator policy.
+"""Scenarios: conservation, determinism, and the real router, operator and worker policies.
 
-Nothing is mocked: the scenarios run the picker classes of ``loraplex.router.pick`` and the
-``ScalingPolicy`` of ``loraplex.operator.scaling``. Two tests swap one of them on purpose to
-show that the figures depend on the real object (so a stand-in could not go unnoticed).
+Nothing is mocked: the scenarios run the picker classes of ``loraplex.router.pick``, the
+``ScalingPolicy`` of ``loraplex.operator.scaling``, and the worker's ``AdapterCache`` and
+``GroupingQueue``. Some tests swap or spy on one of them on purpose to show that the figures
+depend on the real object (so a stand-in could not go unnoticed).
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import json
 
 import loraplex.operator.scaling as scaling
 import loraplex.router.pick as pick
+import loraplex.worker.adapters as worker_adapters
+import loraplex.worker.queue as worker_queue
 import pytest
+import simpy
 
 from loraplex.simulate import scenarios
+from loraplex.simulate.adapters import SingleAdapterSlot
 from loraplex.simulate.config import (
     Burst,
     PoolSettings,
@@ -23,8 +28,9 @@ from loraplex.simulate.config import (
     SyntheticTraffic,
     TrafficConfig,
 )
+from loraplex.simulate.fleet import Recorder
 from loraplex.simulate.results import simulate
-from loraplex.simulate.traffic import load_traffic
+from loraplex.simulate.traffic import Request, load_traffic
 
 
 def small(rate: float = 0.3, seed: int = 7, **changes: object) -> SimConfig:
@@ -164,3 +170,101 @@ def test_operator_timing_defaults_are_the_operators() -> None:
         operator.interval_s,
         operator.rate_window_s,
     )
+
+
+def test_worker_and_router_defaults_are_theirs() -> None:
+    from loraplex.router.settings import RouterSettings
+    from loraplex.worker.settings import WorkerSettings
+
+    assert ScenarioSettings().router_attempts == RouterSettings.model_fields["attempts"].default
+    assert PoolSettings().max_overtake == WorkerSettings.model_fields["max_overtake"].default
+
+
+def test_loraplex_replicas_run_the_workers_cache_and_queue(monkeypatch) -> None:
+    """The simulated replicas call the worker's own classes: no copy could drift unseen."""
+    calls = {"lookup": 0, "admit": 0, "pop": 0}
+
+    def spying(cls, name):
+        original = getattr(cls, name)
+
+        def spy(self, *args):
+            calls[name] += 1
+            return original(self, *args)
+
+        monkeypatch.setattr(cls, name, spy)
+
+    spying(worker_adapters.AdapterCache, "lookup")
+    spying(worker_adapters.AdapterCache, "admit")
+    spying(worker_queue.GroupingQueue, "pop")
+    cfg = small()
+    traffic = load_traffic(cfg.traffic)
+    recorder = scenarios.run_loraplex(traffic, cfg)
+    switched = sum(1 for tier in recorder.tiers.values() if tier != "active")
+    assert calls["lookup"] >= switched > 0  # every switch away from the active adapter
+    assert (
+        0
+        < calls["admit"]
+        == len(recorder.loaded) - sum(1 for i in recorder.loaded if recorder.tiers[i] == "host")
+    )
+    assert calls["pop"] >= len(recorder.latencies)
+
+
+def test_the_workers_overtaking_saves_switches() -> None:
+    """Three replicas kept ~85 % busy over 30 adapters: queues often hold another request for
+    the active adapter, and the worker's GroupingQueue runs it next."""
+    traffic_cfg = TrafficConfig(
+        synthetic=SyntheticTraffic(rate_per_s=0.3, adapters=30, zipf_exponent=1.0),
+        horizon_s=1800.0,
+        seed=3,
+    )
+    pinned = ScalingSettings(min_replicas=3, max_replicas=3)
+
+    def active_share(max_overtake: int) -> float:
+        pool = PoolSettings(max_overtake=max_overtake, scaling=pinned)
+        figures = simulate(
+            SimConfig(traffic=traffic_cfg, default_pool=pool), scenarios=("loraplex",)
+        )
+        tiers = figures.figures["loraplex"]["switch_tiers"]
+        return tiers.get("active", 0) / sum(tiers.values())
+
+    assert active_share(4) > active_share(0) + 0.03  # measured: 0.31 vs 0.25
+
+
+class _FirstPicker:
+    """Always the first view offered: sends requests to a full queue on purpose."""
+
+    def pick(self, views, adapter):
+        return views[0]
+
+
+@pytest.mark.parametrize(("attempts", "rejected"), [(1, [2, 3, 4]), (3, [4])])
+def test_a_full_queue_is_retried_on_another_replica(attempts: int, rejected: list[int]) -> None:
+    """A worker's 429 (its queue at capacity) sends the request to a replica not yet tried,
+    up to the router's ``attempts``; after that it is rejected."""
+    env = simpy.Environment()
+    cfg = SimConfig(scenarios=ScenarioSettings(max_queue_depth=1, router_attempts=attempts))
+    recorder = Recorder(total=5, done=env.event())
+    pool = scenarios.Pool(
+        env,
+        "p",
+        _FirstPicker(),
+        recorder,
+        cfg,
+        lambda: SingleAdapterSlot(0, 0),
+        10.0,
+        max_overtake=0,
+    )
+    for _ in range(2):
+        pool.add_replica(0.0)
+
+    def arrive():
+        yield env.timeout(1.0)
+        pool.submit(Request(0, env.now, "a", "sdxl", "a"))  # starts on the first replica
+        for i in range(1, 5):
+            yield env.timeout(0.1)  # one waits on the first, the next starts on the second…
+            pool.submit(Request(i, env.now, "a", "sdxl", "a"))
+
+    env.process(arrive())
+    env.run(until=100)
+    assert sorted(recorder.rejected) == rejected
+    assert set(recorder.rejected.values()) <= {"queue_full"}

@@ -1,0 +1,114 @@
+"""The state poller: the I/O shell that keeps :mod:`loraplex.router.pools` current.
+
+Every ``interval_s`` it reads each replica's ``GET /v1/state`` (concurrently, one poll in
+flight per replica) and writes the answer into its :class:`~loraplex.router.pools.ReplicaState`;
+a failed, oversized, malformed or wrong-base answer marks the replica not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+from loraplex.router.pools import Pool, PoolRegistry, ReplicaState
+
+from loraplex.shared.contract import WorkerState
+
+log = logging.getLogger(__name__)
+
+MAX_STATE_BYTES = 1 << 20  # a state of ~10,000 adapter keys; more is a broken or hostile worker
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or ValueError once it passes ``limit`` bytes (never held in full)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise ValueError(f"state answer of {resp.content_length} bytes is over {limit}")
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"state answer over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class StatePoller:
+    """Polls ``GET /v1/state`` of every replica every ``interval_s`` (concurrently)."""
+
+    def __init__(
+        self,
+        registry: PoolRegistry,
+        session: aiohttp.ClientSession,
+        *,
+        interval_s: float = 1.0,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self.registry = registry
+        self.session = session
+        self.interval_s = interval_s
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="loraplex-state-poller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def poll_once(self) -> None:
+        pairs = self.registry.replicas()
+        await asyncio.gather(*(self._poll(pool, replica) for pool, replica in pairs))
+
+    async def _run(self) -> None:
+        # One poll in flight per replica, started every interval: a hung replica delays only
+        # its own next poll, not the pool's (waiting for all would stretch every cycle).
+        inflight: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                pairs = self.registry.replicas()
+                for pool, replica in pairs:
+                    task = inflight.get(replica.endpoint)
+                    if task is None or task.done():
+                        inflight[replica.endpoint] = asyncio.create_task(self._poll(pool, replica))
+                live = {replica.endpoint for _, replica in pairs}
+                for endpoint in [e for e in inflight if e not in live]:
+                    inflight.pop(endpoint).cancel()
+                await asyncio.sleep(self.interval_s)
+        finally:
+            for task in inflight.values():
+                task.cancel()
+
+    async def _poll(self, pool: Pool, replica: ReplicaState) -> None:
+        try:
+            async with self.session.get(
+                f"{replica.endpoint}/v1/state", timeout=self.timeout
+            ) as resp:
+                if resp.status != 200:
+                    raise aiohttp.ClientResponseError(
+                        resp.request_info, (), status=resp.status, message="state poll failed"
+                    )
+                body = await _read_capped(resp, MAX_STATE_BYTES)
+            state = WorkerState.model_validate_json(body)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # ValidationError too
+            if replica.ready:
+                log.warning(
+                    "replica %s of %s not ready: %s", replica.endpoint, pool.base_model, exc
+                )
+            replica.ready = False
+        else:
+            if state.base_model != pool.base_model:
+                log.error(
+                    "replica %s serves %s, not %s; ignoring it",
+                    replica.endpoint,
+                    state.base_model,
+                    pool.base_model,
+                )
+                replica.ready = False
+            else:
+                replica.observe_state(state)
+        pool.refresh()
