@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loraplex operator",
         description="Run the kopf operator that turns BaseModelPools into autoscaled worker "
-        "Deployments. Settings: LORAPLEX_OPERATOR_* environment variables (see README).",
+        "Deployments. Settings: LORAPLEX_OPERATOR_* environment variables (see docs/operator.md).",
     )
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(

@@ -96,7 +96,7 @@ class ScalingPolicy:
 
     The policy is the one place replicas are chosen; the operator's timer writes the result to
     the Deployment, through the rules of :mod:`loraplex.operator.replicas`. The ``kubectl
-    scale`` rule (README "Operator and autoscaling"): ``kubectl scale deployment
+    scale`` rule (docs/operator.md): ``kubectl scale deployment
     <pool>-worker`` is overwritten at the next tick, with a warning log and Event naming both
     numbers (:func:`~loraplex.operator.replicas.scaled_outside`); ``kubectl scale bmp <pool>``
     sets ``spec.replicas``, which pins the pool to that size (autoscaling paused) until the

@@ -4,7 +4,7 @@ Converted adapters are tens of MB each and the host tier evicts and re-reads the
 glibc's default *dynamic* mmap threshold, the first free of such a block raises the threshold
 to its size, so later same-sized blocks come from the heap, whose freed holes are rarely given
 back: RSS creeps up by hundreds of MB over a few thousand switches (measured here with
-``bench/adapter_switch.py``: +10% before this, see the README for after). Pinning the threshold
+``bench/adapter_switch.py``: +10% before this, see docs/worker.md for after). Pinning the threshold
 (``mallopt``) keeps every block above it in its own mmap, returned to the OS on free.
 
 Only glibc has ``mallopt``; elsewhere (musl, macOS) this does nothing and says so.

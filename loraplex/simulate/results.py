@@ -1,6 +1,6 @@
 """Run the scenarios and turn their recorders into figures: JSON, a stdout table, a sizing table.
 
-Definitions (also in the README):
+Definitions (also in docs/simulate.md):
 
 * latency — arrival at the router to the last byte of the image (queueing, warm-up, adapter
   switch and inference), completed requests only; rejected requests are counted apart.

@@ -51,7 +51,7 @@ async def test_kubectl_applies_deploy_then_the_example_pools(
     fix_core_discovery(k8s)
     run = lambda *args: kubectl(kubectl_bin, k8s_kubeconfig, *args)  # noqa: E731
 
-    # The README's order: CRDs, the namespace, then RBAC and the workloads.
+    # The order of docs/kubernetes.md: CRDs, the namespace, then RBAC and the workloads.
     await run("apply", "--validate=false", "-f", str(DEPLOY / "crds"))
     await run("apply", "--validate=false", "-f", str(DEPLOY / "manifests" / "namespace.yaml"))
     out = await run(

@@ -3,11 +3,14 @@
 What can be checked from the Dockerfiles and the source: the final stage runs as the non-root
 UID the Helm chart expects; the extras they install exist in pyproject.toml; the entry point
 and subcommands they (and the chart) run exist in ``loraplex.cli.SUBCOMMANDS``; every folder
-``pip install .`` needs is copied; and every third-party module reachable by import from the
-subcommands an image runs is provided by the distributions that image installs — so the slim
-control-plane image cannot silently need torch. What is not checked here: that the images
-build and start (that needs Docker and, for the worker, a GPU; see README "Install on
-Kubernetes" for the build commands).
+and file the install needs (requirements.lock included) is copied; the install is the lock's
+(hashes required, uv at the lock's version, the project itself without dependencies; in the
+worker CUDA torch of the lock's version first, then the rest without torch); and every
+third-party module reachable by import from the subcommands an image runs is provided by the
+distributions that image installs — so the slim control-plane image cannot silently need
+torch. What is not checked here: that the images build and start (that needs Docker and, for
+the worker, a GPU; docs/install.md "Container images" has the build commands and how their
+RUN lines were replayed without Docker).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import ast
 import importlib.metadata
 import json
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -32,6 +37,12 @@ REPO = Path(__file__).resolve().parents[3]
 DOCKER = REPO / "deploy" / "docker"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 CHART_VALUES = yaml.safe_load((REPO / "charts/loraplex/values.yaml").read_text())
+LOCK = REPO / "requirements.lock"
+LOCK_TEXT = LOCK.read_text()
+LOCKED = {
+    canonicalize_name(m[1]): m[2]
+    for m in re.finditer(r"(?m)^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", LOCK_TEXT)
+}
 
 
 class Instruction(NamedTuple):
@@ -73,10 +84,34 @@ def values_of(stage: list[Instruction], keyword: str) -> list[str]:
     return [i.args for i in stage if i.keyword == keyword]
 
 
+def build_runs(dockerfile: str) -> list[str]:
+    """The build stage's RUN lines."""
+    return values_of(parse(dockerfile)[1], "RUN")
+
+
+def uv_installs(dockerfile: str) -> list[str]:
+    """Every ``uv pip install …`` command of the build stage, in order."""
+    return [
+        cmd.strip()
+        for run in build_runs(dockerfile)
+        for cmd in run.split("&&")
+        if cmd.strip().startswith("uv pip install")
+    ]
+
+
 def installed_extras(dockerfile: str) -> set[str]:
-    runs = " ".join(i.args for stage in parse(dockerfile) for i in stage if i.keyword == "RUN")
-    found = re.findall(r"pip install [^&]*?\"\.\[([a-z,]+)\]\"", runs)
-    return {extra for group in found for extra in group.split(",")}
+    """Extras whose dependencies ``uv pip install … -r pyproject.toml --extra X`` installs."""
+    found = set()
+    for cmd in uv_installs(dockerfile):
+        if "-r pyproject.toml" in cmd:
+            found.update(re.findall(r"--extra ([a-z]+)", cmd))
+    return found
+
+
+def arg_default(dockerfile: str, name: str) -> str:
+    args = [i.args for stage in parse(dockerfile) for i in stage if i.keyword == "ARG"]
+    (value,) = [a.partition("=")[2] for a in args if a.partition("=")[0] == name]
+    return value
 
 
 @pytest.mark.parametrize("image", IMAGES, ids=[i.dockerfile for i in IMAGES])
@@ -115,7 +150,7 @@ def test_copies_everything_pip_install_needs(image: Image) -> None:
     for args in values_of(parse(image.dockerfile)[1], "COPY"):
         *sources, _dest = args.split()
         copied.update(s.rstrip("/") for s in sources if not s.startswith("--"))
-    needed = {"pyproject.toml", PYPROJECT["project"]["readme"]}
+    needed = {"pyproject.toml", PYPROJECT["project"]["readme"], "requirements.lock"}
     needed |= {d.split("/")[0] for d in PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
     assert needed <= copied
     assert all((REPO / path).exists() for path in copied)
@@ -127,10 +162,6 @@ def test_worker_image_is_cuda_runtime_with_cuda_torch_and_a_cache_volume() -> No
     stages = parse("worker.Dockerfile")
     base = re.search(r"CUDA_RUNTIME_IMAGE=(\S+)", stages[0][0].args)
     assert base and re.fullmatch(r"nvidia/cuda:[\d.]+-(cudnn-)?runtime-ubuntu[\d.]+", base[1])
-    runs = [i.args for i in stages[1] if i.keyword == "RUN"]
-    torch_at = next(n for n, r in enumerate(runs) if "pip install --index-url" in r)
-    extra_at = next(n for n, r in enumerate(runs) if '".[worker]"' in r)
-    assert torch_at < extra_at, "CUDA torch must be installed before the worker extra"
     index = re.search(r"TORCH_INDEX_URL=(\S+)", " ".join(values_of(stages[1], "ARG")))
     assert index and re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", index[1])
     final = stages[-1]
@@ -167,7 +198,78 @@ def test_control_plane_image_is_slim_and_matches_the_chart() -> None:
     assert re.search(r"PYTHON_IMAGE=python:3\.1[1-9]-slim", stages[0][0].args)
     env = " ".join(values_of(stages[-1], "ENV"))
     assert f"LORAPLEX_ROUTER_PORT={CHART_VALUES['router']['port']}" in env
-    assert 'import torch" 2>/dev/null' in " ".join(values_of(stages[1], "RUN"))
+    # the build fails if torch is importable (python -P: the copied operator/ folder in the
+    # working directory would otherwise shadow the stdlib's and break every import check)
+    runs = " ".join(values_of(stages[1], "RUN"))
+    assert '! python -P -c "import torch" 2>/dev/null' in runs
+
+
+# --- the locked install -------------------------------------------------------------------
+
+
+def test_control_plane_installs_only_locked_packages_and_no_torch() -> None:
+    """Dependencies from the lock with hashes required (a package the lock lacks, or a wheel
+    whose hash differs, fails the build), then the project alone; nothing names torch."""
+    deps, project = uv_installs("control-plane.Dockerfile")
+    assert "--require-hashes" in deps and "--constraint requirements.lock" in deps
+    assert "-r pyproject.toml" in deps
+    assert project.split()[-1] == "." and "--no-deps" in project
+    assert "--build-constraint requirements.lock" in project
+    assert "torch" not in " ".join(uv_installs("control-plane.Dockerfile"))
+    # the lock is resolved for one Python; the image runs that one
+    lock_python = re.search(r"--python-version (\d+\.\d+)", LOCK_TEXT)
+    base = parse("control-plane.Dockerfile")[0][0].args
+    image = re.search(r"PYTHON_IMAGE=python:(\d+\.\d+)-slim", base)
+    assert lock_python and image and image[1] == lock_python[1]
+
+
+def test_worker_installs_cuda_torch_first_then_the_lock_without_torch() -> None:
+    torch, deps, project = uv_installs("worker.Dockerfile")
+    runs = build_runs("worker.Dockerfile")
+    torch_at = next(n for n, r in enumerate(runs) if torch in r)
+    deps_at = next(n for n, r in enumerate(runs) if deps in r)
+    assert torch_at < deps_at, "CUDA torch must be installed before the rest of the lock"
+    assert torch == 'uv pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"'
+    # the lock's torch version (its CPU build there) and the pins file's
+    assert LOCKED["torch"].split("+")[0] == arg_default("worker.Dockerfile", "TORCH_VERSION")
+    pins = (REPO / "requirements-pins.txt").read_text()
+    assert f"torch=={arg_default('worker.Dockerfile', 'TORCH_VERSION')}" in pins.split()
+    assert "--require-hashes" in deps and "--constraint lock-without-torch.txt" in deps
+    assert "--excludes torch.txt" in deps and "-r torch-deps.txt" in deps
+    assert project.split()[-1] == "." and "--no-deps" in project
+    assert "--build-constraint lock-without-torch.txt" in project
+
+
+@pytest.mark.skipif(shutil.which("awk") is None, reason="needs awk (the image's own tool)")
+def test_worker_lock_filters_drop_only_torch_and_find_its_dependencies(tmp_path) -> None:
+    """The image's own awk lines, run on the real lock: the lock without torch is the lock
+    minus torch's entry, and "torch's dependencies" are exactly what the lock pins for it."""
+    (run,) = [r for r in build_runs("worker.Dockerfile") if "lock-without-torch.txt" in r]
+    filters = [c.strip() for c in run.split("&&") if c.strip().startswith(("awk", "test"))]
+    shutil.copy(LOCK, tmp_path / "requirements.lock")
+    subprocess.run(["sh", "-c", " && ".join(filters)], cwd=tmp_path, check=True)
+    without = (tmp_path / "lock-without-torch.txt").read_text()
+    assert not re.search(r"(?m)^torch==", without)
+    assert {k for k in LOCKED if k != "torch"} == {
+        canonicalize_name(m[1]) for m in re.finditer(r"(?m)^([A-Za-z0-9][\w.-]*)==", without)
+    }
+    torch_deps = (tmp_path / "torch-deps.txt").read_text().split()
+    assert all(LOCKED[canonicalize_name(p.split("==")[0])] == p.split("==")[1] for p in torch_deps)
+    wanted = {
+        canonicalize_name(Requirement(r).name)
+        for r in importlib.metadata.requires("torch") or []
+        if Requirement(r).marker is None or Requirement(r).marker.evaluate({"extra": ""})
+    }
+    assert {canonicalize_name(p.split("==")[0]) for p in torch_deps} == wanted & LOCKED.keys()
+
+
+@pytest.mark.parametrize("image", IMAGES, ids=[i.dockerfile for i in IMAGES])
+def test_uv_is_bootstrapped_at_the_locked_version(image: Image) -> None:
+    version = arg_default(image.dockerfile, "UV_VERSION")
+    assert version == LOCKED["uv"]
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(rf"(?m)^UV_VERSION\s*:=\s*{re.escape(version)}$", makefile)
+    assert '"uv==${UV_VERSION}"' in " ".join(build_runs(image.dockerfile))
 
 
 # --- import closure ----------------------------------------------------------------------
@@ -269,3 +371,24 @@ def test_closure_check_can_fail() -> None:
     worker_modules = third_party_imports(["loraplex.worker.cli"])
     assert "torch" in worker_modules
     assert "torch" not in provided_distributions(frozenset({"router", "operator"}))
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text.replace("\\\n", " "))
+
+
+def test_install_docs_show_the_images_own_install_lines() -> None:
+    """docs/install.md's GPU install runs the worker image's lines (files under /tmp there)
+    and shows the control plane's RUN line as it is, so the docs cannot drift from the builds."""
+    docs = _flat((REPO / "docs" / "install.md").read_text())
+    (worker_run,) = [r for r in build_runs("worker.Dockerfile") if "lock-without-torch" in r]
+    commands = [_flat(c).strip() for c in worker_run.split("&&")]
+    shown = [c for c in commands if c.startswith(("awk", "echo", "uv pip"))]
+    assert len(shown) == 6
+    for command in shown:
+        as_in_docs = re.sub(
+            r"(?<=[ >])(lock-without-torch|torch-deps|torch)\.txt", r"/tmp/\1.txt", command
+        )
+        assert as_in_docs in docs, f"docs/install.md lacks: {as_in_docs}"
+    (cp_run,) = [r for r in build_runs("control-plane.Dockerfile") if "--require-hashes" in r]
+    assert f"RUN {_flat(cp_run)}" in docs
