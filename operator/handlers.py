@@ -52,9 +52,17 @@ def _conditions(status: Any, *updates: tuple[str, bool, str, str]) -> list[dict[
     return conditions
 
 
+def parse_pool(body: Mapping[str, Any], settings: OperatorSettings) -> res.Pool:
+    """:func:`res.parse_pool` with the operator's defaults: worker image and worker secret."""
+    secret = None
+    if settings.worker_secret_name:
+        secret = res.SecretKeyRef(settings.worker_secret_name, settings.worker_secret_key)
+    return res.parse_pool(body, settings.default_worker_image, worker_secret=secret)
+
+
 def _parse(body: kopf.Body, runtime: Runtime, patch: kopf.Patch) -> res.Pool:
     try:
-        return res.parse_pool(body, runtime.settings.default_worker_image)
+        return parse_pool(body, runtime.settings)
     except res.InvalidPool as exc:
         patch.status["conditions"] = _conditions(
             body.get("status"),
@@ -114,7 +122,7 @@ async def tick(
 ) -> None:
     runtime = operator
     try:
-        pool = res.parse_pool(body, runtime.settings.default_worker_image)
+        pool = parse_pool(body, runtime.settings)
     except res.InvalidPool:
         return  # reconcile() reported it; a spec change re-runs reconcile
     try:

@@ -3,6 +3,12 @@
 No I/O and no kopf: :func:`parse_pool` validates a pool body into a :class:`Pool` (or raises
 :class:`InvalidPool` saying what to fix), ``build_*`` return plain dicts ready for the API, and
 :func:`drifted` tells whether a live object lost fields the operator set.
+
+Ports: each worker pod serves the router-only API on ``http`` (:data:`WORKER_PORT`) and
+health and metrics on ``metrics`` (:data:`WORKER_METRICS_PORT`); probes use ``metrics``, the
+Service exposes both (the router picks ``http`` from its EndpointSlices, the ServiceMonitor
+``metrics``). The worker secret comes from a Secret the operator names but never reads
+(``LORAPLEX_WORKER_SECRET`` from ``secretKeyRef``): the operator needs no Secret permission.
 """
 
 from __future__ import annotations
@@ -20,9 +26,8 @@ from loraplex.shared.errors import BadRequest
 from loraplex.shared.ids import validate_model_id, validate_revision
 from loraplex.shared.k8s import GROUP, KIND, VERSION, worker_service_name
 
-WORKER_PORT = (
-    8000  # the worker's HTTP contract (loraplex.shared.contract): /v1/generate, /readyz, ...
-)
+WORKER_PORT = 8000  # the router-only API (loraplex.shared.contract): /v1/generate, /v1/state
+WORKER_METRICS_PORT = 9100  # the worker's /healthz, /readyz, /metrics (no secret)
 WORKER_UID = 10001  # the worker image's user (deploy/docker/worker.Dockerfile)
 CACHE_MOUNT = "/models"  # HF_HOME lives here, on the pool's model-cache volume
 MANAGED_BY = "loraplex-operator"
@@ -36,6 +41,14 @@ class InvalidPool(ValueError):
 
 
 @dataclass(frozen=True)
+class SecretKeyRef:
+    """A key of a Secret in the pool's namespace (the worker secret)."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Pool:
     name: str
     namespace: str
@@ -46,6 +59,7 @@ class Pool:
     scaling: ScalingSpec
     pinned_replicas: int | None = None  # spec.replicas, set by `kubectl scale bmp`
     worker: Mapping[str, Any] = field(default_factory=dict)
+    worker_secret: SecretKeyRef | None = None  # None: the worker gets no secret (loopback only)
 
     @property
     def workload_name(self) -> str:
@@ -77,9 +91,12 @@ def parse_scaling(scaling: Mapping[str, Any]) -> ScalingSpec:
     return spec
 
 
-def parse_pool(body: Mapping[str, Any], default_image: str) -> Pool:
+def parse_pool(
+    body: Mapping[str, Any], default_image: str, *, worker_secret: SecretKeyRef | None = None
+) -> Pool:
     """Validate a BaseModelPool body (what the CRD schema cannot check, and what it can, since
-    a cluster without the schema, or an older CRD, may let it through)."""
+    a cluster without the schema, or an older CRD, may let it through). ``worker_secret`` is
+    the operator's setting, the same for every pool."""
     meta, spec = body.get("metadata", {}), body.get("spec") or {}
     try:
         base_model = validate_model_id(spec.get("baseModel", ""))
@@ -106,6 +123,7 @@ def parse_pool(body: Mapping[str, Any], default_image: str) -> Pool:
         scaling=parse_scaling(spec.get("scaling") or {}),
         pinned_replicas=pinned,
         worker=worker,
+        worker_secret=worker_secret,
     )
 
 
@@ -149,14 +167,15 @@ def grace_s(pool: Pool) -> int:
 
 
 def worker_env(pool: Pool) -> list[dict[str, Any]]:
-    """The worker's settings (``LORAPLEX_WORKER_*``), the Hub token, then the user's env (last,
-    so a user's entry with the same name wins)."""
+    """The worker's settings (``LORAPLEX_WORKER_*``), its secret, the Hub token, then the user's
+    env (last, so a user's entry with the same name wins)."""
     worker = pool.worker
     env = [
         {"name": "LORAPLEX_WORKER_BASE_MODEL", "value": pool.base_model},
         {"name": "LORAPLEX_WORKER_BASE_REVISION", "value": pool.revision},
         {"name": "LORAPLEX_WORKER_HOST", "value": "0.0.0.0"},
         {"name": "LORAPLEX_WORKER_PORT", "value": str(WORKER_PORT)},
+        {"name": "LORAPLEX_WORKER_METRICS_PORT", "value": str(WORKER_METRICS_PORT)},
         {"name": "LORAPLEX_WORKER_DTYPE", "value": worker.get("dtype", "auto")},
         {"name": "LORAPLEX_WORKER_MAX_ADAPTER_SLOTS", "value": str(worker.get("adapterSlots", 4))},
         # The worker finishes its running generation within this, before the kubelet's kill.
@@ -173,6 +192,11 @@ def worker_env(pool: Pool) -> list[dict[str, Any]]:
     ):
         if worker.get(key) is not None:
             env.append({"name": var, "value": str(parse_quantity(worker[key], key))})
+    if pool.worker_secret is not None:
+        # Not optional: without it the worker refuses to start, so a missing Secret shows as
+        # CreateContainerConfigError naming it, not as a worker every router call fails on.
+        ref = {"name": pool.worker_secret.name, "key": pool.worker_secret.key}
+        env.append({"name": "LORAPLEX_WORKER_SECRET", "valueFrom": {"secretKeyRef": ref}})
     secret = worker.get("hfTokenSecret")
     if secret:
         ref = {"name": secret["name"], "key": secret.get("key", "token"), "optional": True}
@@ -180,29 +204,40 @@ def worker_env(pool: Pool) -> list[dict[str, Any]]:
     return env + [dict(item) for item in worker.get("env") or []]
 
 
-def _container(pool: Pool) -> dict[str, Any]:
-    worker = pool.worker
+def _probes() -> dict[str, Any]:
+    """Both probes on the metrics port: it needs no secret, and the API port admits only the
+    router's pods (the chart's NetworkPolicy)."""
     probe = {
-        "httpGet": {"path": "/readyz", "port": "http"},
+        "httpGet": {"path": "/readyz", "port": "metrics"},
         "periodSeconds": 5,
         "timeoutSeconds": 3,
         "failureThreshold": 3,
     }
-    container: dict[str, Any] = {
-        "name": "worker",
-        "image": pool.image,
-        "command": ["loraplex", "worker"],
-        "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
-        "env": worker_env(pool),
+    return {
         # Ready only once the base pipeline is warm: the router sends nothing before.
         "readinessProbe": probe,
         # /healthz answers while the process serves HTTP, even while the base loads.
         "livenessProbe": {
             **probe,
-            "httpGet": {"path": "/healthz", "port": "http"},
+            "httpGet": {"path": "/healthz", "port": "metrics"},
             "periodSeconds": 20,
             "failureThreshold": 3,
         },
+    }
+
+
+def _container(pool: Pool) -> dict[str, Any]:
+    worker = pool.worker
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": pool.image,
+        "command": ["loraplex", "worker"],
+        "ports": [
+            {"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": worker_env(pool),
+        **_probes(),
         "volumeMounts": [
             {"name": "model-cache", "mountPath": CACHE_MOUNT},
             {"name": "tmp", "mountPath": "/tmp"},
@@ -276,7 +311,8 @@ def build_deployment(pool: Pool, replicas: int) -> dict[str, Any]:
 
 def build_service(pool: Pool) -> dict[str, Any]:
     """A headless Service: its EndpointSlices list each worker pod, which the router picks
-    itself (adapter affinity), so no virtual IP is wanted."""
+    itself (adapter affinity), so no virtual IP is wanted. Port ``http`` is the router's,
+    ``metrics`` the ServiceMonitor's."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -285,7 +321,13 @@ def build_service(pool: Pool) -> dict[str, Any]:
             "clusterIP": "None",
             "selector": selector_labels(pool),
             "ports": [
-                {"name": "http", "port": WORKER_PORT, "targetPort": "http", "protocol": "TCP"}
+                {"name": "http", "port": WORKER_PORT, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "metrics",
+                    "port": WORKER_METRICS_PORT,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
             ],
         },
     }

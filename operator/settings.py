@@ -84,6 +84,19 @@ class OperatorSettings(ComponentSettings):
         f"ghcr.io/loraplex/loraplex-worker:{__version__}",
         description="Worker image for pools whose spec.worker.image is empty.",
     )
+    worker_secret_name: str = Field(
+        "loraplex-worker-secret",
+        description="Secret (in each pool's namespace) holding the worker secret, which every "
+        "worker pod gets as LORAPLEX_WORKER_SECRET (secretKeyRef; the operator never reads "
+        "it) and the router sends. Default loraplex-worker-secret; the chart sets its own. "
+        "Empty: workers get none and refuse to start on their pod address (there is no open "
+        "mode on Kubernetes). A missing Secret shows as CreateContainerConfigError.",
+    )
+    worker_secret_key: str = Field(
+        "worker-secret",
+        min_length=1,
+        description="Key inside worker_secret_name. Default worker-secret (the chart's).",
+    )
     peering: str | None = Field(
         None,
         description="kopf peering, so that of several operator replicas only one handles the "

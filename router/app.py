@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
+import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Path, Request
@@ -51,10 +56,12 @@ from loraplex.shared.contract import (
     ImageFormat,
     bearer_token,
 )
+from loraplex.shared.edge import install_edge_guards
 from loraplex.shared.errors import BadRequest, LoraplexError
 from loraplex.shared.http_errors import install_handlers, status_of
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": why}
     for code, why in {
@@ -62,6 +69,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "gated or private repo and no token",
         403: "token refused for this repo",
         404: "no such model",
+        408: "request head or body did not arrive in time",
+        413: "request body over max_body_bytes",
+        415: "a cross-origin body that is not JSON",
         422: "model exists but cannot be served here",
         429: "queue full (Retry-After)",
         502: "workers failed after retries",
@@ -133,18 +143,57 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-def answer_to_response(answer: WorkerAnswer) -> Response:
+class ReplicaIds:
+    """Opaque ids for worker addresses, for ``X-Loraplex-Worker`` (``debug_replica_header``).
+
+    A keyed hash with a random key per router process: a plain hash of ``10.x.y.z:8000`` is
+    reversed by trying the pod network's few million addresses. Each new id is logged once
+    with its address, so an operator can map it; ids differ between router replicas."""
+
+    MAX_KNOWN = 4096  # endpoints remembered (pods churn; beyond it the map starts over)
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._known: dict[str, str] = {}
+
+    def __call__(self, endpoint: str) -> str:
+        known = self._known.get(endpoint)
+        if known is None:
+            known = hmac.new(self._key, endpoint.encode(), hashlib.sha256).hexdigest()[:12]
+            if len(self._known) >= self.MAX_KNOWN:
+                self._known.clear()
+            self._known[endpoint] = known
+            log.info("replica id %s is worker %s", known, endpoint)
+        return known
+
+
+def public_headers(
+    headers: Mapping[str, str], replica_id: Callable[[str], str] | None
+) -> dict[str, str]:
+    """The worker answer's headers for the client: the worker address becomes its opaque id
+    when ``replica_id`` is given, and is dropped otherwise."""
+    public = {name: value for name, value in headers.items() if name != Headers.WORKER}
+    endpoint = headers.get(Headers.WORKER)
+    if endpoint is not None and replica_id is not None:
+        public[Headers.WORKER] = replica_id(endpoint)
+    return public
+
+
+def answer_to_response(
+    answer: WorkerAnswer, replica_id: Callable[[str], str] | None = None
+) -> Response:
+    headers = public_headers(answer.headers, replica_id)
     if answer.stream is not None:
         # The background close runs after the response, also when the client left before the
         # first chunk and the stream was never iterated (its own finally never ran then).
         return StreamingResponse(
             answer.stream,
             answer.status,
-            answer.headers,
+            headers,
             answer.media_type,
             background=BackgroundTask(answer.close),
         )
-    return Response(answer.body, answer.status, answer.headers, answer.media_type)
+    return Response(answer.body, answer.status, headers, answer.media_type)
 
 
 def create_app(
@@ -171,10 +220,13 @@ def create_app(
         lifespan=lifespan,
         description="Serve thousands of LoRA adapters from a few warm base-model pools.",
     )
+    app.state.replica_ids = ReplicaIds() if settings.debug_replica_header else None
     install_handlers(app)
     app.add_middleware(FormBodyIsJson)
     _add_generation_routes(app)
     _add_info_routes(app)
+    # Last, so it runs first: Host/Origin/size checks before any body is read or relabelled.
+    install_edge_guards(app, settings)
     return app
 
 
@@ -203,6 +255,16 @@ class FormBodyIsJson:
 
 def _runtime(request: Request) -> RouterRuntime:
     return request.app.state.runtime
+
+
+def _with_token(request: Request, call: GenerationCall) -> GenerationCall:
+    """``call`` with the caller's Hub token; a malformed Authorization is a 400 that is
+    counted like every other answer (it is read here, not before the request is counted)."""
+    try:
+        return replace(call, token=user_token(request.headers.get("authorization")))
+    except LoraplexError as exc:
+        _runtime(request).service.record(None, call, status_of(exc), time.monotonic())
+        raise
 
 
 async def _serve(request: Request, call: GenerationCall) -> tuple[Route, WorkerAnswer] | Response:
@@ -246,13 +308,12 @@ def _add_generation_routes(app: FastAPI) -> None:
             parameters=body.parameters,
             output_format=ImageFormat.from_accept(headers.get("accept")),
             lora=headers.get(Headers.SEED_LORA),
-            token=user_token(headers.get("authorization")),
             wait_for_model=wants_to_wait(x_wait_for_model, body.options.wait_for_model),
         )
-        served = await _serve(request, call)
+        served = await _serve(request, _with_token(request, call))
         if isinstance(served, Response):
             return served
-        return answer_to_response(served[1])
+        return answer_to_response(served[1], request.app.state.replica_ids)
 
     @app.post(
         "/v1/images/generations",
@@ -262,24 +323,23 @@ def _add_generation_routes(app: FastAPI) -> None:
         openapi_extra={"parameters": _HEADER_DOCS[1:]},
     )
     async def openai_generations(request: Request, body: OpenAIImageRequest) -> Any:
-        authorization = request.headers.get("authorization")
         x_wait_for_model = request.headers.get(Headers.WAIT_FOR_MODEL)
         settings_n = _runtime(request).settings.max_images_per_request
         if body.n > settings_n:
             raise BadRequest(f"n={body.n} is over this router's limit of {settings_n} images")
         fmt = body.output_format or ImageFormat.PNG
-        token = user_token(authorization)
         calls = [
             GenerationCall(
                 model_id=body.model,
                 prompt=body.prompt,
                 parameters=_openai_parameters(body, i),
                 output_format=fmt,
-                token=token,
                 wait_for_model=wants_to_wait(x_wait_for_model, True),
             )
             for i in range(body.n)
         ]
+        token = _with_token(request, calls[0]).token  # one request: a bad token counts once
+        calls = [replace(call, token=token) for call in calls]
         served = await asyncio.gather(*(_serve(request, c) for c in calls), return_exceptions=True)
         try:
             images = [await _openai_image(item, body, fmt) for item in served]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from loraplex.shared.errors import (
     Unauthorized,
 )
 from loraplex.shared.ids import validate_model_id
+from loraplex.shared.repo_access import AccessRules, Refusal, inside, servable_file
 
 
 def _transport_error_types() -> tuple[type[Exception], ...]:
@@ -119,30 +121,61 @@ class LocalCardSource:
     ``base_model``, ``tags``, ``base_model_relation``, ``pipeline_tag``, ``gated``). Every
     adapter resolves to ``revision`` (default ``main``); a repo with no README.md but a
     directory is treated as a card with no metadata.
+
+    Access is the local Hub's, read by the same code (:class:`AccessRules`: the folder's
+    ``.hub-access.json`` and ``gated: true`` cards): ``open_token`` (the local Hub's token;
+    None: nothing opens them) reads gated and private repos; otherwise gated → 401 without a
+    token / 403 with another, private → 401 without / 404, word for word a missing repo's
+    answer, with another. A repo folder that is a symlink out of ``models_dir`` is missing, as
+    on the local Hub. Closed cards come back gated/private, so the route carries the caller's
+    token to the worker and is cached for that token only.
     """
 
-    def __init__(self, models_dir: Path | str, *, revision: str = "main") -> None:
+    def __init__(
+        self, models_dir: Path | str, *, revision: str = "main", open_token: str | None = None
+    ) -> None:
         self.models_dir = Path(models_dir)
         self.revision = revision
+        self._open_token = open_token
+        self.rules = AccessRules.read(self.models_dir)  # malformed: fail at start, not open
 
     async def fetch(self, model_id: str, token: str | None) -> ModelCard:
         validate_model_id(model_id)
         repo_dir = self.models_dir / model_id
-        if not repo_dir.is_dir():
-            raise NotFound(f"no model {model_id!r} in {self.models_dir}")
-        card = read_local_card(repo_dir, model_id, self.revision)
-        if card.gated and token is None:
-            raise _refused(model_id, None, "is gated")
-        return card
+        found = repo_dir.is_dir() and inside(self.models_dir, repo_dir)
+        card = read_local_card(repo_dir, model_id, self.revision, root=self.models_dir)
+        refusal = self.rules.check(model_id, token, self._open_token, card_gated=card.gated)
+        # A stranger's token gets exactly the missing repo's answer: existence is not revealed.
+        if not found or refusal is Refusal.PRIVATE_REFUSED:
+            # The folder is not named: answers never reveal server paths.
+            raise NotFound(f"no model {model_id!r} in this router's models folder")
+        if refusal is Refusal.PRIVATE_NO_TOKEN:
+            raise Unauthorized(
+                f"{model_id} was not found without a token; if it is private, send a Hub "
+                "token that can read it as 'Authorization: Bearer <token>'"
+            )
+        if refusal is not None:
+            raise _refused(model_id, token, "is gated")
+        gated = card.gated or model_id in self.rules.gated
+        return replace(card, gated=gated, private=model_id in self.rules.private)
 
 
-def read_local_card(repo_dir: Path, repo_id: str, revision: str = "main") -> ModelCard:
+def read_local_card(
+    repo_dir: Path, repo_id: str, revision: str = "main", *, root: Path | None = None
+) -> ModelCard:
     """The card of a local repo folder from its README.md front matter (none: no metadata).
 
     One reading for the router's :class:`LocalCardSource` and the embedded mode's model scan,
-    so both see the same card."""
+    so both see the same card. With ``root`` (the models folder), a README.md whose real path
+    is outside it is not read, as the local Hub does not serve it; a card that is not UTF-8
+    YAML has no metadata, as on the local Hub."""
     readme = repo_dir / "README.md"
-    metadata = parse_front_matter(readme.read_text()) if readme.is_file() else {}
+    metadata: dict[str, Any] = {}
+    if readme.is_file() and (root is None or servable_file(root, readme)):
+        try:
+            metadata = parse_front_matter(readme.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError):
+            metadata = {}
     return card_from_metadata(
         repo_id, card=metadata, sha=revision, gated=metadata.get("gated", False)
     )

@@ -15,6 +15,7 @@ from loraplex.router.app import create_app
 from loraplex.router.settings import RouterSettings
 from pydantic import ValidationError
 
+from loraplex.shared.edge import uvicorn_edge_options
 from loraplex.shared.logs import configure_logging
 
 
@@ -69,5 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        **uvicorn_edge_options(settings),  # the request-head timeout (loraplex.shared.edge)
     )
     return 0

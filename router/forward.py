@@ -13,6 +13,15 @@ are read whole before the client gets a byte, so a body cut short is retried too
 answers stream and are not retried once started. 4xx answers (bad parameters, adapter
 refused) are the worker's verdict and pass through unchanged. An unreachable replica, or one
 answering 503, is marked not ready until its next good ``/v1/state`` poll.
+
+Deadline and cancellation: each attempt tells the worker how much of the request's deadline
+is left (``x-loraplex-deadline-ms``, whole milliseconds rounded down, relative because router
+and worker share no clock), and uses the same budget as aiohttp's total timeout. When it
+passes, or when the caller's task is cancelled (``router/app.py`` cancels it when the client
+disconnects), aiohttp closes the upstream connection; the worker sees the disconnect (and its
+own copy of the deadline) and stops the generation at its next denoising step. A worker's 504
+means that budget ran out there: it ends the request with 504, never a retry elsewhere (no
+replica can give the time back).
 """
 
 from __future__ import annotations
@@ -168,7 +177,7 @@ class Forwarder:
             resp = await self.session.post(
                 f"{endpoint}/v1/generate",
                 data=body,
-                headers=headers,
+                headers={**headers, Headers.DEADLINE_MS: str(int(remaining * 1000))},
                 timeout=timeout,
             )
             self.metrics.upstream_latency.labels(pool.base_model).observe(
@@ -212,6 +221,12 @@ class Forwarder:
         """Turn a worker response into an answer; returns (answer, release-inflight-now)."""
         status = resp.status
         decision = classify_failure(status)
+        if decision.action is Action.DEADLINE:
+            detail = _error_text(await resp.read())
+            resp.release()
+            raise DeadlineExceeded(
+                detail.removeprefix(": ") or "the request deadline passed at the worker"
+            )
         if decision.retry:
             detail = _error_text(await resp.read())
             resp.release()

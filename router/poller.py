@@ -3,6 +3,11 @@
 Every ``interval_s`` it reads each replica's ``GET /v1/state`` (concurrently, one poll in
 flight per replica) and writes the answer into its :class:`~loraplex.router.pools.ReplicaState`;
 a failed, oversized, malformed or wrong-base answer marks the replica not ready.
+
+The poll carries the worker secret (a default header of the router's worker session, see
+:func:`loraplex.router.runtime.worker_headers`); a worker answering 401/403 does not hold the
+router's secret, which is logged once per replica as an error naming the settings to fix (never
+the secret), and the replica stays out of the pool until a poll succeeds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ from loraplex.shared.contract import WorkerState
 log = logging.getLogger(__name__)
 
 MAX_STATE_BYTES = 1 << 20  # a state of ~10,000 adapter keys; more is a broken or hostile worker
+REFUSED = (401, 403)  # the worker's answers to a missing or wrong worker secret
+
+
+class StatePollFailed(ValueError):
+    """``GET /v1/state`` answered ``status``, not 200. Unlike aiohttp's ClientResponseError it
+    holds no request_info, whose headers would carry the worker secret into any repr."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(f"GET /v1/state answered {status}")
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -50,6 +65,7 @@ class StatePoller:
         self.interval_s = interval_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._task: asyncio.Task[None] | None = None
+        self._refused: set[str] = set()  # endpoints whose refusal of the secret was logged
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="loraplex-state-poller")
@@ -78,6 +94,7 @@ class StatePoller:
                 live = {replica.endpoint for _, replica in pairs}
                 for endpoint in [e for e in inflight if e not in live]:
                     inflight.pop(endpoint).cancel()
+                self._refused &= live
                 await asyncio.sleep(self.interval_s)
         finally:
             for task in inflight.values():
@@ -89,18 +106,13 @@ class StatePoller:
                 f"{replica.endpoint}/v1/state", timeout=self.timeout
             ) as resp:
                 if resp.status != 200:
-                    raise aiohttp.ClientResponseError(
-                        resp.request_info, (), status=resp.status, message="state poll failed"
-                    )
+                    raise StatePollFailed(resp.status)
                 body = await _read_capped(resp, MAX_STATE_BYTES)
             state = WorkerState.model_validate_json(body)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # ValidationError too
-            if replica.ready:
-                log.warning(
-                    "replica %s of %s not ready: %s", replica.endpoint, pool.base_model, exc
-                )
-            replica.ready = False
+            self._not_ready(pool, replica, exc)
         else:
+            self._refused.discard(replica.endpoint)
             if state.base_model != pool.base_model:
                 log.error(
                     "replica %s serves %s, not %s; ignoring it",
@@ -112,3 +124,18 @@ class StatePoller:
             else:
                 replica.observe_state(state)
         pool.refresh()
+
+    def _not_ready(self, pool: Pool, replica: ReplicaState, exc: Exception) -> None:
+        refused = isinstance(exc, StatePollFailed) and exc.status in REFUSED
+        if refused and replica.endpoint not in self._refused:
+            self._refused.add(replica.endpoint)
+            log.error(
+                "replica %s of %s refused the router's worker secret (%s): set "
+                "LORAPLEX_ROUTER_WORKER_SECRET to the workers' LORAPLEX_WORKER_SECRET",
+                replica.endpoint,
+                pool.base_model,
+                exc,
+            )
+        elif replica.ready:
+            log.warning("replica %s of %s not ready: %s", replica.endpoint, pool.base_model, exc)
+        replica.ready = False

@@ -51,6 +51,7 @@ DEADLINE = RetryDecision(Action.DEADLINE)
 
 QUEUE_FULL_STATUS = 429
 UNAVAILABLE_STATUS = 503
+WORKER_DEADLINE_STATUS = 504
 
 
 def classify_failure(
@@ -64,11 +65,13 @@ def classify_failure(
        ``CONNECT_TIMEOUT`` and ``CONNECTION`` retry elsewhere and mark the replica down: it
        could not be reached or broke mid-answer, so nobody else should be sent there until a
        poll says it is back.
-    2. ``status`` 5xx or 429 retries elsewhere. Only 503 marks the replica down: it says the
-       worker itself is unavailable (warming up, shutting down). A 500/502/504 is about this
+    2. ``status`` 504 stops: a worker answers it only when the deadline budget the router sent
+       it (``x-loraplex-deadline-ms``) ran out, and no other replica can give the time back.
+    3. ``status`` 5xx or 429 retries elsewhere. Only 503 marks the replica down: it says the
+       worker itself is unavailable (warming up, shutting down). A 500/502 is about this
        request (say the Hub failed an adapter download), and marking the replica down would
        empty the pool for everyone else. A 429 is a full queue, noted for :func:`give_up`.
-    3. Any other status (2xx, 4xx: bad parameters, adapter refused) is the worker's verdict
+    4. Any other status (2xx, 4xx: bad parameters, adapter refused) is the worker's verdict
        and passes through.
     """
     if transport is not None:
@@ -79,6 +82,8 @@ def classify_failure(
         return RetryDecision(Action.RETRY, mark_down=True)
     if status is None:
         raise ValueError("give a status or a transport failure")
+    if status == WORKER_DEADLINE_STATUS:
+        return DEADLINE
     if status >= 500 or status == QUEUE_FULL_STATUS:
         return RetryDecision(
             Action.RETRY,

@@ -17,6 +17,8 @@ from loraplex.router.resolve import CardSource, Resolver
 from loraplex.router.service import RouterService
 from loraplex.router.settings import RouterSettings
 
+from loraplex.shared.contract import Headers
+
 log = logging.getLogger(__name__)
 
 
@@ -36,9 +38,20 @@ class RouterRuntime:
         await self.session.close()
 
 
+def worker_headers(settings: RouterSettings) -> dict[str, str]:
+    """Headers on every request of the worker session: the worker secret, when set.
+
+    The session talks to workers only (the forwarder's /v1/generate, the poller's /v1/state);
+    it must never be used for another host, since every request carries the secret."""
+    secret = settings.worker_secret
+    return {Headers.WORKER_SECRET: secret.get_secret_value()} if secret is not None else {}
+
+
 def default_card_source(settings: RouterSettings) -> CardSource:
     if settings.models_dir is not None:
-        return LocalCardSource(settings.models_dir)
+        secret = settings.models_dir_token
+        token = secret.get_secret_value() if secret is not None else None
+        return LocalCardSource(settings.models_dir, open_token=token)
     return HubCardSource(HfApi(endpoint=settings.hub_endpoint), timeout_s=settings.hub_timeout_s)
 
 
@@ -65,7 +78,9 @@ async def build_runtime(
     metrics = RouterMetrics()
     registry = PoolRegistry()
     connector = aiohttp.TCPConnector(limit=settings.max_connections, limit_per_host=0)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    session = aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, headers=worker_headers(settings)
+    )
     source = pool_source or default_pool_source(settings)
     await source.start(registry)
     poller = StatePoller(

@@ -8,18 +8,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from loraplex.shared.edge_policy import EdgeSettings
 from loraplex.shared.ids import validate_model_id
-from loraplex.shared.settings import ComponentSettings
 
 
-class RouterSettings(ComponentSettings):
-    """Everything the router reads from its environment; every field says unit, default, why."""
+class RouterSettings(EdgeSettings):
+    """Everything the router reads from its environment; every field says unit, default, why.
+
+    The HTTP edge fields (max_body_bytes, header_timeout_s, body_timeout_s, allowed_hosts,
+    cors_origins) come from :class:`~loraplex.shared.edge_policy.EdgeSettings`, shared with
+    the worker.
+    """
 
     # The rest of the config (nested delimiter, extra="ignore", frozen) is the base's.
-    model_config = SettingsConfigDict(env_prefix="LORAPLEX_ROUTER_")
+    # hide_input_in_errors: a rejected secret must not be echoed in a validation error.
+    model_config = SettingsConfigDict(env_prefix="LORAPLEX_ROUTER_", hide_input_in_errors=True)
 
     host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 in a container.")
     port: int = Field(8000, ge=0, le=65535, description="Listen port (0: any free port).")
@@ -60,6 +66,12 @@ class RouterSettings(ComponentSettings):
         None,
         description="Read model cards from DIR/<org>/<name>/README.md instead of the Hub "
         "(embedded mode).",
+    )
+    models_dir_token: SecretStr | None = Field(
+        None,
+        description="With models_dir: the one Hub token that opens its gated and private repos "
+        "(DIR/.hub-access.json, `gated: true` cards), the embedded local Hub's; unset: they are "
+        "closed to every caller (401/403/404 as on the Hub).",
     )
     resolve_ttl_s: float = Field(300.0, ge=0, description="Seconds a resolved model id is cached.")
     resolve_negative_ttl_s: float = Field(
@@ -119,6 +131,31 @@ class RouterSettings(ComponentSettings):
 
     log_level: str = Field("INFO", description="Python logging level.")
     log_json: bool = Field(False, description="One JSON object per log line.")
+
+    # --- the closed worker API ---------------------------------------------------------------
+    worker_secret: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="The worker secret, sent to every worker in X-Loraplex-Worker-Secret on "
+        "/v1/generate and /v1/state (workers answer 401/403 without the one they hold, in "
+        "LORAPLEX_WORKER_SECRET). At least 16 characters; the chart mounts it from its Secret "
+        "and `loraplex up` makes one per run. Unset (default): none is sent, which only "
+        "workers listening on loopback without a secret accept. Never logged.",
+    )
+
+    debug_replica_header: bool = Field(
+        False,
+        description="Add X-Loraplex-Worker: <replica id> to answers, naming the worker replica "
+        "that served (debugging affinity and retries). Default off: answers say nothing of the "
+        "cluster. The id is an opaque 12-hex keyed hash of the worker address (random key per "
+        "router process, so pod IPs cannot be brute-forced from it); the router logs each "
+        "id with its address once at INFO.",
+    )
+
+    @field_validator("worker_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("static_pools")
     @classmethod

@@ -1,9 +1,19 @@
 """The worker's HTTP shell (FastAPI): wires the contract to the queue and the engine.
 
-``create_app(settings, engine_factory=...)`` builds everything in the lifespan: metrics (own
-registry), the device executor, and — in the background, so ``/healthz`` answers at once — the
-engine (base download + load) and one warm-up generation. ``/readyz`` and ``/v1/generate``
-answer 503 until then. Endpoints are described in :mod:`loraplex.shared.contract`.
+Two apps on two ports of one process (``loraplex worker`` serves both, see
+:mod:`loraplex.worker.cli`):
+
+* ``create_app(settings, engine_factory=...)`` — the API port (``settings.port``):
+  ``/v1/generate`` and ``/v1/state``, for the router only (the worker secret,
+  :mod:`loraplex.worker.auth`). Its lifespan builds everything: metrics (own registry), the
+  device executor, and — in the background, so ``/healthz`` answers at once — the engine (base
+  download + load) and one warm-up generation. ``/readyz`` and ``/v1/generate`` answer 503
+  until then.
+* ``create_ops_app(api_app)`` — the metrics port (``settings.metrics_port``): ``/healthz``,
+  ``/readyz`` and ``/metrics`` of that same runtime, with no secret, so kubelet probes and
+  Prometheus never need (or get) a way into generation.
+
+Endpoints are described in :mod:`loraplex.shared.contract`.
 
 If the base cannot be loaded, ``/healthz`` answers 503 with the reason (as does ``/readyz``), so
 Kubernetes' liveness probe restarts the pod with backoff instead of leaving it unready forever.
@@ -13,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,15 +31,17 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from loraplex.worker.auth import RouterOnly
 from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.pipeline import Engine, Generated
-from loraplex.worker.queue import ClientGone, DeviceExecutor
+from loraplex.worker.queue import Cancelled, CancelReason, CancelToken, DeviceExecutor
 from loraplex.worker.settings import WorkerSettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from loraplex.shared.contract import GenerateRequest, Headers, WorkerState, bearer_token
-from loraplex.shared.errors import LoraplexError, WarmingUp
-from loraplex.shared.http_errors import install_handlers, status_of
+from loraplex.shared.edge import install_edge_guards
+from loraplex.shared.errors import BadRequest, DeadlineExceeded, LoraplexError, WarmingUp
+from loraplex.shared.http_errors import error_response, install_handlers, status_of
 
 log = logging.getLogger(__name__)
 EngineFactory = Callable[[WorkerSettings], Engine]
@@ -62,11 +75,11 @@ class WorkerRuntime:
     ready: bool = False
     load_error: str | None = None
 
-    def run(self, job: Job) -> Outcome:
-        """Device thread: one generation, with its metrics."""
+    def run(self, job: Job, cancel: CancelToken) -> Outcome:
+        """Device thread: one generation, with its metrics; stops once ``cancel`` is set."""
         queued = time.perf_counter() - job.enqueued
         assert self.engine is not None
-        generated = self.engine.generate(job.request, job.token)
+        generated = self.engine.generate(job.request, job.token, cancel)
         tier = generated.switch.tier.value
         self.metrics.switch_seconds.labels(tier=tier).observe(generated.switch.seconds)
         self.metrics.inference_seconds.observe(generated.compute_seconds)
@@ -119,7 +132,12 @@ async def _warm(runtime: WorkerRuntime, factory: EngineFactory) -> None:
 
 
 def create_app(settings: WorkerSettings, *, engine_factory: EngineFactory | None = None) -> FastAPI:
-    """The worker app; ``engine_factory`` defaults to loading the base from the Hub."""
+    """The worker's API app; ``engine_factory`` defaults to loading the base from the Hub.
+
+    Raises ValueError when the settings would expose it without a secret (off loopback)."""
+    problem = settings.exposure_problem()
+    if problem is not None:
+        raise ValueError(problem)
     factory = engine_factory or Engine.load
 
     @asynccontextmanager
@@ -141,10 +159,25 @@ def create_app(settings: WorkerSettings, *, engine_factory: EngineFactory | None
             warming.cancel()
             await runtime.executor.stop()
 
-    app = FastAPI(title="loraplex worker", lifespan=lifespan)
+    app = FastAPI(
+        title="loraplex worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     install_handlers(app)
     _routes(app)
+    # Every route of this app is the router's: the secret is checked before the body is read.
+    app.add_middleware(RouterOnly, settings=settings)
+    install_edge_guards(app, settings)  # Host/Origin/body-size/body-time checks, run first
     return app
+
+
+def create_ops_app(api: FastAPI) -> FastAPI:
+    """Health and metrics of ``api``'s runtime, for the metrics port (no secret, no lifespan:
+    ``api`` owns the runtime; until its lifespan has built it, every answer is 503)."""
+    ops = FastAPI(
+        title="loraplex worker health and metrics", docs_url=None, redoc_url=None, openapi_url=None
+    )
+    _ops_routes(ops, api)
+    return ops
 
 
 def _runtime(request: Request) -> WorkerRuntime:
@@ -163,15 +196,17 @@ def _routes(app: FastAPI) -> None:
             )
         group = str(body.adapter) if body.adapter else None
         try:
+            # The budget counts from now: the caller's clock is not ours (see Headers).
+            budget_s = deadline_budget_s(request.headers.get(Headers.DEADLINE_MS))
+            cancel = CancelToken.with_budget(budget_s)
+            job = Job(body, bearer_token(request.headers.get("authorization")))
+            if runtime.engine is not None:  # refuse an oversized image before it queues
+                runtime.engine.check_size(body)
             outcome: Outcome = await runtime.executor.submit(
-                group,
-                Job(body, bearer_token(request.headers.get("authorization"))),
-                request.is_disconnected,
+                group, job, request.is_disconnected, cancel=cancel
             )
-        except ClientGone:
-            runtime.metrics.dropped.inc()
-            runtime.metrics.requests.labels(code=str(CLIENT_CLOSED_REQUEST)).inc()
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        except Cancelled as exc:
+            return _cancelled_response(exc, runtime)
         except LoraplexError as exc:
             runtime.metrics.requests.labels(code=str(status_of(exc))).inc()
             raise
@@ -182,26 +217,70 @@ def _routes(app: FastAPI) -> None:
     async def state(request: Request) -> WorkerState:
         return _runtime(request).state()
 
-    @app.get("/healthz")
-    async def healthz(request: Request) -> JSONResponse:
-        runtime = _runtime(request)
-        if runtime.load_error:
-            return JSONResponse({"error": runtime.load_error}, status_code=503)
+
+STARTING = "starting: the worker's runtime is not built yet"
+
+
+def _ops_routes(ops: FastAPI, api: FastAPI) -> None:
+    def runtime_of() -> WorkerRuntime | None:
+        return getattr(api.state, "runtime", None)
+
+    @ops.get("/healthz")
+    async def healthz() -> JSONResponse:
+        runtime = runtime_of()
+        if runtime is None or runtime.load_error:
+            reason = runtime.load_error if runtime else STARTING
+            return JSONResponse({"error": reason}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz")
-    async def readyz(request: Request) -> JSONResponse:
-        runtime = _runtime(request)
-        if not runtime.ready:
-            reason = runtime.load_error or "warming up: the base model is not loaded yet"
+    @ops.get("/readyz")
+    async def readyz() -> JSONResponse:
+        runtime = runtime_of()
+        if runtime is None or not runtime.ready:
+            reason = runtime.load_error if runtime else STARTING
+            reason = reason or "warming up: the base model is not loaded yet"
             return JSONResponse({"error": reason}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        runtime = _runtime(request)
+    @ops.get("/metrics")
+    async def metrics() -> Response:
+        runtime = runtime_of()
+        if runtime is None:
+            return JSONResponse({"error": STARTING}, status_code=503)
         runtime.refresh_gauges()
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def deadline_budget_s(header: str | None) -> float | None:
+    """Seconds left from the ``x-loraplex-deadline-ms`` header (None: no deadline; ≤ 0: spent)."""
+    if header is None:
+        return None
+    try:
+        milliseconds = float(header)
+    except ValueError:
+        milliseconds = math.nan
+    if not math.isfinite(milliseconds):
+        shown = header[:40]  # never echo an unbounded header back
+        raise BadRequest(f"{Headers.DEADLINE_MS} must be a number of milliseconds, not {shown!r}")
+    return milliseconds / 1000
+
+
+def _cancelled_response(exc: Cancelled, runtime: WorkerRuntime) -> Response:
+    """Count a request stopped by its client or deadline, and answer it: 499 or 504."""
+    metrics = runtime.metrics
+    metrics.cancelled.labels(reason=exc.reason.value).inc()
+    if not exc.started:
+        metrics.dropped.inc()
+    log.info("generate request cancelled: %s", exc)
+    if exc.reason is CancelReason.CLIENT_GONE:
+        metrics.requests.labels(code=str(CLIENT_CLOSED_REQUEST)).inc()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    error = DeadlineExceeded(
+        f"the request's deadline passed ({exc.detail}); retry with fewer steps, a smaller "
+        "image or a longer deadline"
+    )
+    metrics.requests.labels(code=str(status_of(error))).inc()
+    return error_response(error)
 
 
 def _image_response(outcome: Outcome, runtime: WorkerRuntime) -> Response:

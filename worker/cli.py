@@ -1,23 +1,30 @@
 """``loraplex worker``: run one worker (one base model on one device) under uvicorn.
 
 Flags override the ``LORAPLEX_WORKER_*`` environment (see :mod:`loraplex.worker.settings`).
-On SIGTERM uvicorn stops accepting connections and waits up to
-``LORAPLEX_WORKER_SHUTDOWN_GRACE_SECONDS`` for requests in progress to finish before the
-lifespan stops the device executor.
+One process, one event loop, two uvicorn servers: the router-only API on ``port`` and health
+and metrics on ``metrics_port`` (:mod:`loraplex.worker.app`). On SIGTERM the API server stops
+accepting connections and waits up to ``LORAPLEX_WORKER_SHUTDOWN_GRACE_SECONDS`` for requests
+in progress to finish before the lifespan stops the device executor; the metrics server keeps
+answering until then (liveness stays green through the drain) and stops last.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import uvicorn
-from loraplex.worker.app import create_app
+from fastapi import FastAPI
+from loraplex.worker.app import create_app, create_ops_app
 from loraplex.worker.memory import pin_malloc_thresholds
 from loraplex.worker.settings import WorkerSettings
 from pydantic import ValidationError
 
+from loraplex.shared.edge import uvicorn_edge_options
 from loraplex.shared.logs import configure_logging
 
 
@@ -29,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-model", help="Hub repo id of the base pipeline")
     parser.add_argument("--revision", help="branch, tag or commit of the base (default main)")
     parser.add_argument("--host", help="listen address (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="listen port (default 8000)")
+    parser.add_argument("--port", type=int, help="API port, router only (default 8000)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="port of /healthz, /readyz, /metrics (default 9100)"
+    )
     parser.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     parser.add_argument(
         "--log-json",
@@ -47,8 +57,75 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "base_revision": args.revision,
         "host": args.host,
         "port": args.port,
+        "metrics_port": args.metrics_port,
     }
     return WorkerSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+class _MetricsPortServer(uvicorn.Server):
+    """The metrics-port server: it installs no signal handlers (the API server owns SIGTERM
+    and SIGINT) and is stopped once the API server has drained."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _config(
+    app: FastAPI,
+    host: str,
+    port: int,
+    log_level: str,
+    *,
+    lifespan: str,
+    grace_s: int,
+    **options: Any,
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan=lifespan,
+        timeout_graceful_shutdown=grace_s,
+        log_config=None,  # keep configure_logging's handlers
+        access_log=False,  # a line per /v1/state poll (every second per router) is noise
+        **options,
+    )
+
+
+def serve(settings: WorkerSettings, log_level: str) -> None:
+    """Serve both ports until SIGTERM/SIGINT (see the module docstring)."""
+    api_app = create_app(settings)
+    grace_s = int(settings.shutdown_grace_seconds)
+    edge = uvicorn_edge_options(settings)  # the request-head timeout (loraplex.shared.edge)
+    api_config = _config(
+        api_app, settings.host, settings.port, log_level, lifespan="auto", grace_s=grace_s, **edge
+    )
+    api = uvicorn.Server(api_config)
+    ops_app = create_ops_app(api_app)
+    ops = _MetricsPortServer(
+        _config(
+            ops_app,
+            settings.host,
+            settings.metrics_port,
+            log_level,
+            lifespan="off",
+            grace_s=1,
+            **edge,
+        )
+    )
+
+    async def both() -> None:
+        metrics_port = asyncio.create_task(ops.serve(), name="worker-metrics-port")
+        try:
+            await api.serve()
+        finally:
+            ops.should_exit = True
+            await metrics_port
+
+    with asyncio.Runner(loop_factory=api_config.get_loop_factory()) as runner:
+        runner.run(both())
 
 
 def quiet_progress_bars() -> None:
@@ -70,16 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "invalid worker settings (flags or LORAPLEX_WORKER_* variables): "
             + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         )
+    problem = settings.exposure_problem()
+    if problem is not None:
+        parser.error(problem)
     configure_logging(args.log_level, json_lines=args.json_logs)
     quiet_progress_bars()
     pin_malloc_thresholds()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level.lower(),
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        log_config=None,  # keep configure_logging's handlers
-        access_log=False,  # a line per /v1/state poll (every second per router) is noise
-    )
+    serve(settings, args.log_level.lower())
     return 0

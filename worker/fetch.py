@@ -8,19 +8,34 @@ the token file, read with ``huggingface_hub.get_token``) is passed explicitly, s
 where implicit tokens are disabled. Tokens are never logged or put in messages.
 
 Revision handling: a 40-hex commit is used as is (no network on a cache hit); a branch or tag is
-resolved to its commit once per ``branch_ttl_seconds``, and the last known commit is kept when
-the Hub is unreachable. Access control is the router's job (it resolves every model id with
-the user's token); the worker checks access only when it has to fetch from the Hub. The weight
-file chosen for a commit never changes, so it is remembered for the process's life.
+resolved to its commit once per ``branch_ttl_seconds`` *per caller token* (a resolution made
+with a token is never reused for a caller without it, or with another), and the last known
+commit is kept when the Hub is unreachable. The weight file chosen for a commit never changes,
+so it is remembered for the process's life.
+
+Access: the router resolves every model id with the user's token, and the worker checks again,
+so a cached adapter is never a way around the Hub's access rules. Every listing of a repo
+(``model_info``, at the first load of a commit and at each branch resolution) records whether
+it is gated or private; for such a repo :meth:`HubFetcher.authorize` asks the Hub
+(``HfApi.auth_check``) whether the token may read it before every use, cached or not — the
+same token a cold load would download with (the caller's, else the worker's own). No token at
+all: 401 without a Hub call; a refused one: the Hub's own answer (403 gated, 404 private).
+Yeses are cached per (repo, SHA-256 of the token) for ``access_ttl_s`` (bounded LRU), so a
+revoked token works at most that long; noes are not cached. Public repos cost nothing. If the
+Hub is down, restricted adapters without a fresh yes fail closed (502); public ones still serve.
+A repo made private after its commit was loaded as public keeps serving that (public) commit
+until it is listed again (a restart, or a branch resolution).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +76,28 @@ except ImportError:  # pragma: no cover - depends on the installed huggingface_h
 log = logging.getLogger(__name__)
 COMMIT = re.compile(r"[0-9a-f]{40}")  # used with fullmatch: no trailing newline
 BASE_MODEL_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
+# Bounds of the per-token memories (entries, LRU): one entry is ~200 bytes, so ~2 MB each.
+MAX_BRANCH_MEMOS = 10_000
+MAX_ACCESS_GRANTS = 10_000
+
+
+def token_digest(token: str | None) -> str | None:
+    """What the memories key on instead of a token: its SHA-256 (the token is never kept)."""
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
+class _Lru(OrderedDict[Hashable, tuple[str, float]]):
+    """A bounded map of (value, time stamp); the caller holds the lock."""
+
+    def __init__(self, max_entries: int) -> None:
+        super().__init__()
+        self.max_entries = max_entries
+
+    def put(self, key: Hashable, value: str, stamp: float) -> None:
+        self[key] = (value, stamp)
+        self.move_to_end(key)
+        while len(self) > self.max_entries:
+            self.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -81,24 +118,36 @@ class HubFetcher:
         cache_dir: Path | None,
         max_adapter_bytes: int,
         branch_ttl_s: float,
+        access_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cache_dir = str(cache_dir) if cache_dir else None
         self.max_adapter_bytes = max_adapter_bytes
         self.branch_ttl_s = branch_ttl_s
+        self.access_ttl_s = access_ttl_s
         self._clock = clock
-        self._branches: dict[tuple[str, str], tuple[str, float]] = {}
+        # (repo, revision, token digest) -> commit; (repo, token digest) -> "" (a Hub yes).
+        self._branches = _Lru(MAX_BRANCH_MEMOS)
+        self._grants = _Lru(MAX_ACCESS_GRANTS)
+        self._restricted: dict[str, bool] = {}  # repo -> gated or private, as last listed
         self._files: dict[AdapterKey, WeightFile] = {}
         self._used: dict[AdapterKey, float] = {}  # our own record: atime is often off (noatime)
         self._lock = threading.Lock()
 
     def resolve(self, ref: AdapterRef, token: str | None) -> AdapterKey:
-        """The (repo, commit) key of ``ref``; a branch or tag costs one Hub call per TTL."""
+        """The (repo, commit) key of ``ref`` once ``token`` may use it (:meth:`authorize`);
+        a branch or tag costs one Hub call per TTL and caller token."""
+        key = self._commit_of(ref, token)
+        self.authorize(key.repo_id, token)
+        return key
+
+    def _commit_of(self, ref: AdapterRef, token: str | None) -> AdapterKey:
         if COMMIT.fullmatch(ref.revision):
             return AdapterKey(ref.repo_id, ref.revision)
         now = self._clock()
+        memo_key = (ref.repo_id, ref.revision, token_digest(token))
         with self._lock:
-            memo = self._branches.get((ref.repo_id, ref.revision))
+            memo = self._branches.get(memo_key)
         if memo and now - memo[1] < self.branch_ttl_s:
             return AdapterKey(ref.repo_id, memo[0])
         try:
@@ -110,8 +159,33 @@ class HubFetcher:
             log.warning("Hub unreachable; %s@%s stays at %s", ref.repo_id, ref.revision, memo[0])
             return AdapterKey(ref.repo_id, memo[0])
         with self._lock:
-            self._branches[(ref.repo_id, ref.revision)] = (weight.key.commit, now)
+            self._branches.put(memo_key, weight.key.commit, now)
         return weight.key
+
+    def authorize(self, repo_id: str, token: str | None) -> None:
+        """Return when ``token`` (else the worker's own) may read ``repo_id``, or raise 401
+        (no token), 403/404 (the Hub refused it), 502 (Hub unreachable). Free for public
+        repos and for repos not listed yet (their first listing authorizes)."""
+        with self._lock:
+            restricted = self._restricted.get(repo_id, False)
+        if not restricted:
+            return
+        effective = token or get_token()
+        if effective is None:
+            raise Unauthorized(
+                f"adapter {repo_id} is gated or private: send a Hub token that can read it "
+                "(Authorization: Bearer)"
+            )
+        grant, now = (repo_id, token_digest(effective)), self._clock()
+        with self._lock:
+            known = self._grants.get(grant)
+            if known is not None and now - known[1] < self.access_ttl_s:
+                self._grants.move_to_end(grant)
+                return
+        with hub_errors(f"adapter {repo_id}", effective):
+            HfApi(token=effective).auth_check(repo_id, token=effective)
+        with self._lock:
+            self._grants.put(grant, "", now)
 
     def weight_file(self, key: AdapterKey, token: str | None) -> WeightFile:
         """The file to load for ``key`` (422 for pickle-only/ambiguous repos, 413 too big)."""
@@ -123,9 +197,12 @@ class HubFetcher:
         return known
 
     def _list(self, repo_id: str, revision: str, token: str | None) -> WeightFile:
-        token = token or get_token()
+        caller, token = token, token or get_token()
         with hub_errors(f"adapter {repo_id}@{revision}", token):
             info = HfApi(token=token).model_info(repo_id, revision=revision, files_metadata=True)
+        with self._lock:
+            self._restricted[repo_id] = bool(info.gated) or bool(info.private)
+        self.authorize(repo_id, caller)  # gated metadata is public on the Hub: check the files'
         siblings = {s.rfilename: s.size for s in info.siblings or []}
         filename = choose_weight_file(repo_id, siblings)
         weight = WeightFile(AdapterKey(repo_id, info.sha or revision), filename, siblings[filename])
@@ -208,6 +285,11 @@ def hub_errors(what: str, token: str | None) -> Iterator[None]:
     except RepositoryNotFoundError as exc:
         if _status(exc) == 403:
             raise Forbidden(f"{what}: the Hub refused access with the given token") from None
+        if _status(exc) == 401 and token is None:  # the Hub's answer for private, no token
+            raise Unauthorized(
+                f"{what} was not found without a token; if it is private, send a Hub token "
+                "that can read it (Authorization: Bearer)"
+            ) from None
         raise NotFound(
             f"{what} not found on the Hub (or private and not readable with the given token)"
         ) from None

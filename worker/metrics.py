@@ -6,6 +6,7 @@ process (tests, the embedded mode) without "duplicated timeseries" errors.
 
 from __future__ import annotations
 
+from loraplex.worker.queue import CancelReason
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from loraplex.shared.contract import SwitchTier
@@ -38,7 +39,16 @@ class WorkerMetrics:
         )
         self.dropped = Counter(
             f"{PREFIX}dropped_requests",
-            "Queued requests dropped because the client disconnected before they started",
+            "Queued requests dropped before they started: the client disconnected or the "
+            "deadline passed (each also counted in cancelled_total)",
+            registry=r,
+        )
+        # reason: client_gone (answered 499) or deadline (504); queued or stopped mid-run.
+        self.cancelled = Counter(
+            f"{PREFIX}cancelled",
+            "Generate requests stopped before their image because the client left or the "
+            "deadline passed, by reason; a running one stops at its next denoising step",
+            ["reason"],
             registry=r,
         )
         self.queue_depth = Gauge(f"{PREFIX}queue_depth", "Requests waiting", registry=r)
@@ -60,3 +70,5 @@ class WorkerMetrics:
         info.labels(base_model=base_model).set(1)
         for tier in SwitchTier:
             self.switch_seconds.labels(tier=tier.value)  # export zero series for every tier
+        for reason in CancelReason:
+            self.cancelled.labels(reason=reason.value)

@@ -11,18 +11,28 @@
 So a run of same-adapter requests saves switches, and no request is ever overtaken by more
 than ``max_overtake`` later ones (each overtake increments a counter on every job passed over,
 and a job at the limit blocks further overtaking). ``max_overtake=0`` is strict FIFO.
+:meth:`GroupingQueue.expire` removes waiting jobs whose deadline has passed (never run).
 
 :class:`DeviceExecutor` is the async shell: ``submit`` enqueues (raising QueueFull with
-Retry-After when at capacity) and waits, watching for the client's disconnect while the job
-has not started; one loop task feeds a single worker thread, so the device runs one
-generation at a time.
+Retry-After when at capacity) and waits; one loop task feeds a single worker thread, so the
+device runs one generation at a time.
+
+Cancellation (:class:`CancelToken`, one per request): the client's disconnect and the
+request's deadline. While the job waits, ``submit`` polls both every ``DISCONNECT_POLL_S`` and
+drops the job (:class:`Cancelled` with ``started=False``); the executor loop also drops expired
+jobs before it picks the next one. Once the job runs, ``submit`` keeps polling and sets the
+token; the run function checks it (the engine does at every denoising step, and raises
+:class:`Cancelled`), so a gone client or a passed deadline frees the device within one step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import logging
+import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,16 +42,84 @@ from typing import Any
 from loraplex.shared.errors import QueueFull, WarmingUp
 
 log = logging.getLogger(__name__)
+# How often a waiting request checks its client and deadline: the worst added latency of a
+# drop or of a stop signal; an is_disconnected() poll costs a few µs.
 DISCONNECT_POLL_S = 0.1
+# A disconnect this close to the request's deadline is counted as the deadline: the router
+# closes the connection when its deadline passes, and its clock gets there a network transit
+# (plus our poll interval) before ours, which started counting on arrival.
+DEADLINE_GRACE_S = 0.25
 
 
-class ClientGone(Exception):
-    """The client disconnected before its job started; the job was dropped."""
+class CancelReason(enum.StrEnum):
+    """Why a request stopped before its answer (the ``reason`` label of the cancel counter)."""
+
+    CLIENT_GONE = "client_gone"  # the client (or the router for it) closed the connection
+    DEADLINE = "deadline"  # the caller's deadline passed
+
+
+class Cancelled(Exception):
+    """A job stopped for ``reason``: dropped while waiting (``started`` False), or stopped
+    while it had the device (at a denoising step, before its image was decoded)."""
+
+    def __init__(self, reason: CancelReason, *, started: bool, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.started = started
+        self.detail = detail
+
+
+class CancelToken:
+    """One request's stop signal, shared by the event loop and the device thread.
+
+    The loop sets it (:meth:`client_gone`); the device thread polls :meth:`check`, which also
+    notices the deadline (``clock`` seconds, default monotonic) by itself, so a deadline stops
+    a run even when nobody on the loop is looking. The first reason wins. ``steps_done`` is the
+    run's progress (written by the device thread; for messages and tests).
+    """
+
+    def __init__(
+        self, deadline: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.deadline = deadline
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._set = threading.Event()
+        self._reason: CancelReason | None = None
+        self.steps_done = 0
+
+    @classmethod
+    def with_budget(
+        cls, budget_s: float | None, clock: Callable[[], float] = time.monotonic
+    ) -> CancelToken:
+        """A token whose deadline is ``budget_s`` from now (None: no deadline)."""
+        return cls(None if budget_s is None else clock() + budget_s, clock)
+
+    def cancel(self, reason: CancelReason) -> None:
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+                self._set.set()
+
+    def client_gone(self) -> None:
+        """The client disconnected (see ``DEADLINE_GRACE_S`` for when that is the deadline)."""
+        due = self.deadline is not None and self._clock() >= self.deadline - DEADLINE_GRACE_S
+        self.cancel(CancelReason.DEADLINE if due else CancelReason.CLIENT_GONE)
+
+    def check(self) -> CancelReason | None:
+        """The reason to stop now, or None while the request should go on."""
+        expired = self.deadline is not None and self._clock() >= self.deadline
+        if expired and not self._set.is_set():
+            self.cancel(CancelReason.DEADLINE)
+        return self._reason
 
 
 @dataclass(eq=False)
 class Job:
-    """One queued request: its grouping key (adapter id or None) and what to run."""
+    """One queued request: its grouping key (adapter id or None) and what to run.
+
+    ``cancel`` is its stop signal; its deadline lets :meth:`GroupingQueue.expire` drop the job
+    unstarted once nobody waits for the answer any more."""
 
     group: Hashable
     payload: Any
@@ -50,6 +128,11 @@ class Job:
     cancelled: bool = False
     started: bool = False
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
+    cancel: CancelToken | None = field(default=None, repr=False)
+
+    @property
+    def deadline(self) -> float | None:
+        return self.cancel.deadline if self.cancel is not None else None
 
 
 class GroupingQueue:
@@ -101,6 +184,15 @@ class GroupingQueue:
         self.dropped += 1
         return True
 
+    def expire(self, now: float) -> list[Job]:
+        """Remove and return the waiting jobs whose deadline is at or before ``now``."""
+        expired = [j for j in self._jobs if j.deadline is not None and j.deadline <= now]
+        if expired:
+            for job in expired:
+                job.cancelled = True
+            self._drop_cancelled()
+        return expired
+
     def _drop_cancelled(self) -> None:
         kept = deque(j for j in self._jobs if not j.cancelled)
         self.dropped += len(self._jobs) - len(kept)
@@ -108,21 +200,26 @@ class GroupingQueue:
 
 
 class DeviceExecutor:
-    """Runs jobs one at a time on a dedicated thread, fed from a :class:`GroupingQueue`."""
+    """Runs jobs one at a time on a dedicated thread, fed from a :class:`GroupingQueue`.
+
+    ``run(payload, cancel)`` does one job on that thread; it should check ``cancel`` where it
+    can stop (and raise :class:`Cancelled`). ``clock`` must be the tokens' clock."""
 
     def __init__(
         self,
-        run: Callable[[Any], Any],
+        run: Callable[[Any, CancelToken], Any],
         *,
         capacity: int,
         max_overtake: int,
         retry_after_s: float,
         on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.queue = GroupingQueue(capacity, max_overtake)
         self._run = run
         self._retry_after_s = retry_after_s
         self._on_change = on_change
+        self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraplex-device")
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -130,6 +227,7 @@ class DeviceExecutor:
         self._stopping = False
         self.in_flight = 0
         self.completed = 0
+        self.running: Job | None = None  # the job on the device now
 
     @property
     def depth(self) -> int:
@@ -149,37 +247,70 @@ class DeviceExecutor:
             _settle(job, exc=WarmingUp("the worker is shutting down; retry on another replica"))
 
     async def submit(
-        self, group: Hashable, payload: Any, is_disconnected: Callable[[], Awaitable[bool]]
+        self,
+        group: Hashable,
+        payload: Any,
+        is_disconnected: Callable[[], Awaitable[bool]],
+        *,
+        cancel: CancelToken | None = None,
     ) -> Any:
-        """Queue ``payload`` and return its result; raises ClientGone if dropped unstarted."""
-        job = Job(group, payload, future=asyncio.get_running_loop().create_future())
+        """Queue ``payload`` and return its result (see the module docstring on cancellation).
+
+        Raises :class:`Cancelled` when the client left or ``cancel``'s deadline passed: with
+        ``started=False`` if the job never ran; a running job ends with whatever the run
+        function raises once it sees ``cancel`` set."""
+        cancel = cancel or CancelToken(clock=self._clock)
+        if (reason := cancel.check()) is not None:  # the budget was spent before it arrived
+            raise Cancelled(reason, started=False, detail="before it was queued")
+        loop = asyncio.get_running_loop()
+        job = Job(group, payload, future=loop.create_future(), cancel=cancel)
         try:
             self.queue.push(job)
         except QueueFull as exc:
             exc.retry_after_s = self._retry_after_s
             raise
         self._changed()
-        assert job.future is not None
         try:
-            while not job.started:
-                done, _ = await asyncio.wait({job.future}, timeout=DISCONNECT_POLL_S)
-                if done or job.started:
-                    break
-                if await is_disconnected() and self.queue.cancel(job):
-                    self._on_change()
-                    raise ClientGone
-            return await asyncio.shield(job.future)
+            return await self._wait(job, cancel, is_disconnected)
         except asyncio.CancelledError:
+            # Nobody will read the answer (this handler was cancelled): stop the work too, and
+            # retrieve its outcome so asyncio does not log it as never retrieved.
+            cancel.client_gone()
             self.queue.cancel(job)
+            job.future.add_done_callback(_discard)
             raise
+
+    async def _wait(
+        self, job: Job, cancel: CancelToken, is_disconnected: Callable[[], Awaitable[bool]]
+    ) -> Any:
+        future = job.future
+        assert future is not None
+        while not future.done():
+            await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+            if future.done():
+                break
+            if await is_disconnected():
+                cancel.client_gone()
+            reason = cancel.check()
+            if reason is not None and self.queue.cancel(job):
+                self._on_change()
+                raise Cancelled(reason, started=False, detail="while it waited in the queue")
+            # Started: the run function sees the token at its next check and raises.
+        return future.result()
 
     def _changed(self) -> None:
         self._wake.set()
         self._on_change()
 
+    def _expire(self) -> None:
+        for job in self.queue.expire(self._clock()):
+            detail = "while it waited in the queue"
+            _settle(job, exc=Cancelled(CancelReason.DEADLINE, started=False, detail=detail))
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
+            self._expire()  # an expired job must not take the device from a live one
             job = self.queue.pop(self._last_group)
             self._on_change()
             if job is None:
@@ -187,19 +318,27 @@ class DeviceExecutor:
                 self._wake.clear()
                 continue
             job.started = True
+            cancel = job.cancel or CancelToken(clock=self._clock)
             self._last_group = job.group
             self.in_flight = 1
+            self.running = job
             try:
-                running = loop.run_in_executor(self._pool, self._run, job.payload)
+                running = loop.run_in_executor(self._pool, self._run, job.payload, cancel)
                 result = await asyncio.shield(running)
             except Exception as exc:  # noqa: BLE001 - handed to the request that waits for it
                 _settle(job, exc=exc)
             else:
                 _settle(job, result=result)
             finally:
+                self.running = None
                 self.in_flight = 0
                 self.completed += 1
                 self._on_change()
+
+
+def _discard(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _settle(job: Job, *, result: Any = None, exc: BaseException | None = None) -> None:

@@ -7,10 +7,11 @@ Hub access itself is configured the way huggingface_hub users expect: ``HF_ENDPO
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from loraplex.shared.settings import ComponentSettings
@@ -22,7 +23,8 @@ class WorkerSettings(ComponentSettings):
     """One worker process: one base model on one device."""
 
     # The rest of the config (nested delimiter, extra="ignore", frozen) is the base's.
-    model_config = SettingsConfigDict(env_prefix="LORAPLEX_WORKER_")
+    # hide_input_in_errors: a rejected SECRET must not be echoed in a validation error.
+    model_config = SettingsConfigDict(env_prefix="LORAPLEX_WORKER_", hide_input_in_errors=True)
 
     base_model: str = Field(
         description="Hub repo id of the diffusers base pipeline kept warm. Required: a worker "
@@ -33,8 +35,36 @@ class WorkerSettings(ComponentSettings):
         description="Branch, tag or commit of the base. Default main; pin a commit in production "
         "so replicas agree.",
     )
-    host: str = Field(default="0.0.0.0", description="Listen address (default all interfaces).")
-    port: int = Field(default=8000, ge=0, le=65535, description="Listen port (default 8000).")
+    host: str = Field(
+        default="0.0.0.0",
+        description="Listen address of both ports (default all interfaces). Any address but "
+        "loopback needs SECRET: the worker refuses to start without one.",
+    )
+    port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        description="Port of the router-only API, /v1/generate and /v1/state (default 8000; "
+        "0: any free port).",
+    )
+    metrics_port: int = Field(
+        default=9100,
+        ge=0,
+        le=65535,
+        description="Port of /healthz, /readyz and /metrics (default 9100; 0: any free port). "
+        "Separate from PORT so probes and Prometheus, which need no secret, never reach "
+        "generation: a NetworkPolicy can open this one to the metrics namespace and PORT to the "
+        "router alone.",
+    )
+    secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="The worker secret: the router must send it in X-Loraplex-Worker-Secret on "
+        "/v1/generate and /v1/state (missing: 401, wrong: 403). At least 16 characters; on "
+        "Kubernetes the operator sets it from the chart's Secret. Unset (default) is allowed "
+        "only when HOST is a loopback address (tests, a worker run by hand); `loraplex up` "
+        "makes a random one per run. Never logged.",
+    )
     device: str = Field(
         default="auto",
         description="torch device: 'auto' picks cuda when available, else cpu. Default auto.",
@@ -109,8 +139,18 @@ class WorkerSettings(ComponentSettings):
     branch_ttl_seconds: float = Field(
         default=60.0,
         ge=0,
-        description="How long a branch → commit resolution is reused (seconds, default 60). The "
-        "router sends commits, so this only matters for direct callers naming a branch.",
+        description="How long a branch → commit resolution is reused (seconds, default 60), "
+        "per caller token: one made with a token is never reused for another caller. The "
+        "router sends commits from the Hub, so this matters for branch names (the embedded "
+        "mode sends main).",
+    )
+    access_ttl_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a Hub 'yes' to 'may this token read this gated/private adapter' "
+        "is reused (seconds, default 60; 0: ask on every request). Cached adapters of such "
+        "repos are served only after that check, so this bounds how long a revoked token "
+        "still works; each check costs one Hub call on the device thread.",
     )
     num_inference_steps: int = Field(
         default=30, ge=1, le=150, description="Steps when the request names none (default 30)."
@@ -143,3 +183,36 @@ class WorkerSettings(ComponentSettings):
         description="On SIGTERM, how long to finish the request in progress (seconds, default "
         "60; keep it below the pod's terminationGracePeriodSeconds).",
     )
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> WorkerSettings:
+        if self.port and self.port == self.metrics_port:
+            raise ValueError(
+                f"metrics_port and port are both {self.port}: the metrics port must differ"
+            )
+        return self
+
+    def exposure_problem(self) -> str | None:
+        """Why this worker must not start as configured (no secret off loopback), or None."""
+        if self.secret is not None or is_loopback(self.host):
+            return None
+        return (
+            f"refusing to serve /v1/generate on {self.host} without a worker secret: set "
+            "LORAPLEX_WORKER_SECRET (the router's LORAPLEX_ROUTER_WORKER_SECRET) or listen on "
+            "127.0.0.1"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1); False for wildcards."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -73,9 +73,11 @@ ENV PATH=/opt/loraplex/bin:$PATH \
     HF_HOME=/models/hf \
     HF_HUB_DISABLE_TELEMETRY=1 \
     LORAPLEX_WORKER_HOST=0.0.0.0 \
-    LORAPLEX_WORKER_PORT=8000
+    LORAPLEX_WORKER_PORT=8000 \
+    LORAPLEX_WORKER_METRICS_PORT=9100
 VOLUME ["/models"]
 USER 10001:10001
-EXPOSE 8000
+# 8000: /v1/generate and /v1/state (router only, shared secret); 9100: health and /metrics.
+EXPOSE 8000 9100
 ENTRYPOINT ["loraplex"]
 CMD ["worker"]

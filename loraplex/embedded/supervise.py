@@ -38,12 +38,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 @dataclass
 class ChildSpec:
-    """One supervised process: argv, extra env, and the URL that answers 200 once it is ready."""
+    """One supervised process: argv, extra env, the URL that answers 200 once it is ready, and
+    the base URL others reach it at (informational; a worker's differs from its ready_url)."""
 
     name: str
     argv: Sequence[str]
     env: Mapping[str, str]
     ready_url: str | None = None
+    url: str | None = None
 
 
 @dataclass

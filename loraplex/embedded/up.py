@@ -9,6 +9,12 @@ The same router and worker code as on Kubernetes, wired together by a process su
   cache and revision-pinning path runs unchanged. The router resolves ids with its local card source
   (README.md cards in ``DIR``), so LoRA repos resolve to their base exactly as on the Hub.
   ``--base-model ID`` (repeatable) serves only those bases of ``DIR``.
+  Gated and private repos of ``DIR`` (``DIR/.hub-access.json``, ``gated: true`` cards) are
+  refused exactly as the Hub refuses them (401/403, private 401/404) by both the router and
+  the local Hub. They are closed to every caller unless ``LORAPLEX_LOCAL_HUB_TOKEN`` is set
+  (an environment variable, not a flag, so it stays out of ``ps``): that one token, sent as
+  ``Authorization: Bearer <token>``, opens them; the workers hold it too (their ``HF_TOKEN``,
+  as a cluster worker holds one) so gated bases load. The start-up log lists them.
 * ``--hub --base-model ID [--base-model ID …]``: workers and router use the real Hub
   (``HF_ENDPOINT``/``HF_TOKEN`` from the environment).
 
@@ -28,6 +34,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -41,13 +48,16 @@ from loraplex.embedded.supervise import ChildSpec, Supervisor
 from loraplex.localhub.server import HubState, RepoStore, create_hub_app
 from loraplex.router.cards import read_local_card
 from loraplex.router.resolve import ModelCard, classify
+from loraplex.shared.edge_policy import embedded_allowed_hosts
 from loraplex.shared.errors import BadRequest, NotServable
 from loraplex.shared.ids import validate_model_id
 from loraplex.shared.logs import configure_logging
+from loraplex.shared.repo_access import inside
 
 log = logging.getLogger("loraplex.up")
 
 LOCAL_HUB_CACHE = Path.home() / ".cache" / "loraplex" / "local-hub"
+LOCAL_HUB_TOKEN_ENV = "LORAPLEX_LOCAL_HUB_TOKEN"  # opens DIR's gated/private repos (see above)
 READY_TIMEOUT_S = 600.0  # first start on a real Hub downloads gigabytes; the demo takes seconds
 
 
@@ -57,6 +67,7 @@ class LocalRepos:
 
     bases: tuple[str, ...]
     loras: dict[str, tuple[str, ...]]  # lora repo id -> base_model ids from its card
+    closed: tuple[str, ...] = ()  # gated or private repos (by .hub-access.json or card)
 
 
 def scan_models_dir(root: Path) -> LocalRepos:
@@ -65,27 +76,28 @@ def scan_models_dir(root: Path) -> LocalRepos:
     gated or private by card or ``.hub-access.json``)."""
     bases: list[str] = []
     loras: dict[str, tuple[str, ...]] = {}
+    closed: list[str] = []
     rules = RepoStore(root).access_rules()
-    closed = {*rules.get("gated", []), *rules.get("private", [])}
     for repo_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
         repo_id = f"{repo_dir.parent.name}/{repo_dir.name}"
-        if repo_dir.parent.name.startswith("."):
+        # A symlink out of DIR is not a repo here, as the local Hub does not serve it.
+        if repo_dir.parent.name.startswith(".") or not inside(root, repo_dir):
             continue
         try:
             validate_model_id(repo_id)
         except BadRequest as exc:
             log.warning("skipping %s: %s", repo_dir, exc.message)
             continue
+        card = read_local_card(repo_dir, repo_id, root=root)
+        if card.gated or repo_id in rules.closed():
+            closed.append(repo_id)
         if (repo_dir / "model_index.json").is_file():
             bases.append(repo_id)
             continue
-        card = read_local_card(repo_dir, repo_id)
-        if card.gated or repo_id in closed:
-            continue
-        found = lora_bases(card)
+        found = lora_bases(card) if repo_id not in closed else ()
         if found:
             loras[repo_id] = found
-    return LocalRepos(bases=tuple(bases), loras=loras)
+    return LocalRepos(bases=tuple(bases), loras=loras, closed=tuple(closed))
 
 
 def lora_bases(card: ModelCard) -> tuple[str, ...]:
@@ -131,19 +143,22 @@ def free_port(host: str) -> int:
 def worker_specs(
     bases: Sequence[str], replicas: int, env: dict[str, str], extra_args: Sequence[str] = ()
 ) -> dict[str, list[ChildSpec]]:
-    """``replicas`` worker processes per base on free loopback ports, by base model."""
+    """``replicas`` worker processes per base on free loopback ports, by base model: each has
+    its API port (``url``, for the router) and its health/metrics port (``ready_url``)."""
     threads = str(max(1, (os.cpu_count() or 1) // (len(bases) * replicas)))
     specs: dict[str, list[ChildSpec]] = {}
     for base in bases:
         for index in range(replicas):
-            port = free_port("127.0.0.1")
+            port, metrics_port = free_port("127.0.0.1"), free_port("127.0.0.1")
             argv = [sys.executable, "-m", "loraplex", "worker", "--base-model", base]
-            argv += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
+            argv += ["--host", "127.0.0.1", "--port", str(port)]
+            argv += ["--metrics-port", str(metrics_port), *extra_args]
             spec = ChildSpec(
                 name=f"worker {base} #{index}",
                 argv=argv,
                 env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), **env},
-                ready_url=f"http://127.0.0.1:{port}/readyz",
+                ready_url=f"http://127.0.0.1:{metrics_port}/readyz",
+                url=f"http://127.0.0.1:{port}",
             )
             specs.setdefault(base, []).append(spec)
     return specs
@@ -273,7 +288,8 @@ async def run(args: argparse.Namespace) -> int:
             (lora for lora, lora_bases in repos.loras.items() if set(lora_bases) & set(bases)),
             None,
         )
-        hub_server, env["HF_ENDPOINT"] = await start_local_hub(args.models)
+        token = local_hub_token(args.models, repos, env)
+        hub_server, env["HF_ENDPOINT"] = await start_local_hub(args.models, token)
     try:
         return await serve(args, bases, example_lora, env)
     finally:
@@ -288,6 +304,9 @@ def child_env(args: argparse.Namespace) -> dict[str, str]:
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "TRANSFORMERS_VERBOSITY": "error",
         "LORAPLEX_ROUTER_LOG_LEVEL": args.log_level,
+        # Never "*" on a local server (DNS rebinding); the user's own list wins.
+        "LORAPLEX_ROUTER_ALLOWED_HOSTS": os.environ.get("LORAPLEX_ROUTER_ALLOWED_HOSTS")
+        or ",".join(embedded_allowed_hosts(args.host)),
     }
     # A cache of its own for the local Hub: its commits are content hashes of DIR, which must
     # not mix with real Hub repos of the same name in the user's HF cache.
@@ -296,14 +315,40 @@ def child_env(args: argparse.Namespace) -> dict[str, str]:
         env["HF_HUB_CACHE"] = str(cache_dir)
     if args.log_json:
         env["LORAPLEX_ROUTER_LOG_JSON"] = "true"
+    # The worker secret, new for every run: only our router may call our workers, even on
+    # loopback where any local user could connect. An environment variable, not a flag, so
+    # it stays out of `ps`.
+    secret = secrets.token_urlsafe(32)
+    env["LORAPLEX_WORKER_SECRET"] = env["LORAPLEX_ROUTER_WORKER_SECRET"] = secret
     return env
 
 
-async def start_local_hub(root: Path) -> tuple[uvicorn.Server, str]:
-    """Serve ``root`` as a Hub on loopback inside this process; return the server and its URL."""
+def local_hub_token(root: Path, repos: LocalRepos, env: dict[str, str]) -> str | None:
+    """The token that opens ``root``'s gated/private repos (``LORAPLEX_LOCAL_HUB_TOKEN``), or
+    None: they stay closed. Put into the children's ``env``: the router checks callers' tokens
+    against it, the workers hold it as ``HF_TOKEN``. Logs which repos are closed (never the
+    token)."""
+    token = os.environ.get(LOCAL_HUB_TOKEN_ENV) or None
+    if token is not None:
+        env["LORAPLEX_ROUTER_MODELS_DIR_TOKEN"] = token
+        env["HF_TOKEN"] = token  # the workers' own token talks only to the loopback local Hub
+    if repos.closed:
+        how = (
+            "callers open them with the token of " + LOCAL_HUB_TOKEN_ENV
+            if token
+            else f"closed to every caller; set {LOCAL_HUB_TOKEN_ENV} to open them with it"
+        )
+        log.info("gated/private repos in %s (%s): %s", root, how, ", ".join(repos.closed))
+    return token
+
+
+async def start_local_hub(root: Path, token: str | None = None) -> tuple[uvicorn.Server, str]:
+    """Serve ``root`` as a Hub on loopback inside this process; return the server and its URL.
+
+    ``token`` is the one token that opens gated and private repos; None: nothing opens them."""
     port = free_port("127.0.0.1")
     store = RepoStore(root)
-    app = create_hub_app(store, HubState.for_store(store, token=None))
+    app = create_hub_app(store, HubState.for_store(store, token=token))
     server = uvicorn.Server(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
@@ -321,10 +366,7 @@ async def serve(
     worker_args = ["--log-level", args.log_level.lower()]
     worker_args += ["--log-json"] if args.log_json else []
     workers = worker_specs(bases, args.replicas, env, worker_args)
-    pools = {
-        base: [str(spec.ready_url).removesuffix("/readyz") for spec in specs]
-        for base, specs in workers.items()
-    }
+    pools = {base: [str(spec.url) for spec in specs] for base, specs in workers.items()}
     all_workers = [spec for specs in workers.values() for spec in specs]
     supervisor = Supervisor([*all_workers, router_spec(args, pools, env)])
     stop = asyncio.Event()

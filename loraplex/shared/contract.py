@@ -8,6 +8,11 @@ Endpoints (worker):
 * ``POST /v1/generate`` — body :class:`GenerateRequest`, answers image bytes with the
   ``X-Loraplex-*`` timing headers below.
 * ``GET /v1/state`` — :class:`WorkerState`, the router's affinity input.
+
+Both are for the router only: it sends the worker secret in :attr:`Headers.WORKER_SECRET`
+(missing: 401, wrong: 403; see ``loraplex.worker.auth``). On a separate port (the worker's
+``metrics_port``), open to probes and scrapers and without the secret:
+
 * ``GET /healthz`` (liveness), ``GET /readyz`` (200 only once the base is warm), ``GET /metrics``.
 """
 
@@ -18,6 +23,7 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from loraplex.shared.errors import BadRequest
 from loraplex.shared.ids import validate_model_id, validate_revision
 
 
@@ -33,6 +39,7 @@ class Limits:
     MAX_SIDE: Final = 2048
     SIDE_MULTIPLE: Final = 8
     MAX_PIXELS: Final = 1024 * 1024
+    MAX_PIXELS_TEXT: Final = "e.g. 1024×1024 or 1280×768"
     MIN_STEPS: Final = 1
     MAX_STEPS: Final = 150
     MAX_GUIDANCE: Final = 50.0
@@ -49,17 +56,50 @@ class Headers:
     QUEUE_MS: Final = "x-loraplex-queue-ms"
     QUEUE_DEPTH: Final = "x-loraplex-queue-depth"  # after this request left the queue
     ACTIVE_ADAPTER: Final = "x-loraplex-active-adapter"  # "<repo>@<commit>" or empty
-    WORKER: Final = "x-loraplex-worker"  # which replica answered (router adds it)
+    # Which replica answered: the worker address inside the router; to clients only as an
+    # opaque id, and only with the router's debug_replica_header setting.
+    WORKER: Final = "x-loraplex-worker"
     ADAPTER_COMMIT: Final = "x-loraplex-adapter-commit"
+    # Router → worker: milliseconds left of the request's deadline when it was sent (a relative
+    # budget: hosts share no clock). The worker drops or stops the job when it runs out (504).
+    DEADLINE_MS: Final = "x-loraplex-deadline-ms"
     SEED_LORA: Final = "lora"  # the seed's header: adapter id on a request for a base model
     WAIT_FOR_MODEL: Final = "x-wait-for-model"
     RETRY_AFTER: Final = "retry-after"
+    # The shared router↔worker secret on /v1/generate and /v1/state (never logged).
+    WORKER_SECRET: Final = "x-loraplex-worker-secret"
 
 
 def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header; None for any other value."""
+    """The token of an ``Authorization: Bearer <token>`` header; None for any other value.
+
+    Raises :class:`BadRequest` when the token is not visible ASCII (``!``..``~``): the HTTP
+    clients that pass it on to the Hub (huggingface_hub's, aiohttp) cannot encode anything
+    else and would fail deep inside a Hub call (a 500). The message never contains the token."""
     scheme, _, token = (authorization or "").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    token = token.strip()
+    if not all("!" <= char <= "~" for char in token):
+        raise BadRequest(
+            "the token in 'Authorization: Bearer <token>' must be visible ASCII characters "
+            "(a Hub token looks like hf_…); check for pasted quotes, spaces or non-Latin letters"
+        )
+    return token
+
+
+def check_pixel_budget(width: int, height: int, defaults: str = "") -> None:
+    """Raise :class:`BadRequest` when ``width``×``height`` is over :attr:`Limits.MAX_PIXELS`.
+
+    ``defaults`` says which sides were not in the request but filled by the server (e.g.
+    "height 1024 is this worker's default"), so the message explains a side never sent."""
+    if width * height <= Limits.MAX_PIXELS:
+        return
+    filled = f" ({defaults})" if defaults else ""
+    raise BadRequest(
+        f"width×height = {width}×{height} = {width * height} pixels{filled} is over the budget "
+        f"of {Limits.MAX_PIXELS} pixels ({Limits.MAX_PIXELS_TEXT}); ask for a smaller image"
+    )
 
 
 class SwitchTier(StrEnum):
@@ -135,11 +175,10 @@ class GenerationParameters(BaseModel):
 
     @model_validator(mode="after")
     def _within_pixel_budget(self) -> GenerationParameters:
-        if self.width and self.height and self.width * self.height > Limits.MAX_PIXELS:
-            raise ValueError(
-                f"width×height = {self.width * self.height} pixels is over the budget of "
-                f"{Limits.MAX_PIXELS}; ask for a smaller image"
-            )
+        # With one side missing the budget depends on the pool's default for the other: the
+        # worker checks again after filling it (worker/pipeline.py), the router cannot.
+        if self.width and self.height:
+            check_pixel_budget(self.width, self.height)
         return self
 
 

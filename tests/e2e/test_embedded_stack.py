@@ -216,6 +216,36 @@ def test_full_queue_answers_429_with_retry_after(stack: Stack) -> None:
     assert "error" in rejected.json()
 
 
+def worker_ports(stack: Stack) -> list[tuple[int, int]]:
+    """(API port, metrics port) of each worker child, from its command line."""
+    ports = []
+    for pid in stack.child_pids("worker"):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        ports.append(
+            (int(argv[argv.index("--port") + 1]), int(argv[argv.index("--metrics-port") + 1]))
+        )
+    return ports
+
+
+def test_workers_answer_only_the_router(stack: Stack) -> None:
+    """Even on loopback, another local process gets no image and no state from a worker: the
+    per-run secret is the router's; health and metrics are on the other port."""
+    ports = worker_ports(stack)
+    assert len(ports) == 2
+    for api, metrics in ports:
+        base = f"http://127.0.0.1:{api}"
+        generate = httpx.post(f"{base}/v1/generate", json={"prompt": "a fox"}, timeout=30)
+        assert generate.status_code == 401 and "router only" in generate.json()["error"]
+        assert httpx.get(f"{base}/v1/state", timeout=30).status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{metrics}/readyz", timeout=30).status_code == 200
+        assert "loraplex_worker_" in httpx.get(f"http://127.0.0.1:{metrics}/metrics").text
+    # The secret is in the children's environment, never in the log.
+    (worker, *_) = stack.child_pids("worker")
+    environ = Path(f"/proc/{worker}/environ").read_bytes().decode().split("\0")
+    secret = next(e.partition("=")[2] for e in environ if e.startswith("LORAPLEX_WORKER_SECRET="))
+    assert len(secret) >= 32 and secret not in "".join(stack.output)
+
+
 def test_killed_worker_loses_no_request_and_is_restarted(
     stack: Stack, demo_models: DemoModels
 ) -> None:

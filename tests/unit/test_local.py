@@ -16,6 +16,7 @@ from loraplex.embedded.up import (
     build_parser,
     check_args,
     check_port_free,
+    child_env,
     main,
     scan_models_dir,
     url_host,
@@ -114,6 +115,19 @@ def test_worker_specs_one_process_per_replica_with_shared_cpu_threads() -> None:
     first = specs["org/a"][0]
     assert first.argv[-1] == "--log-json" and first.env["HF_ENDPOINT"] == "http://hub"
     assert int(first.env["OMP_NUM_THREADS"]) >= 1
+    # The router reaches the API port; readiness is probed on the separate metrics port.
+    assert first.url and first.ready_url and not first.ready_url.startswith(first.url)
+    argv = list(first.argv)
+    assert first.url.endswith(":" + argv[argv.index("--port") + 1])
+    assert first.ready_url.endswith(":" + argv[argv.index("--metrics-port") + 1] + "/readyz")
+
+
+def test_every_run_gives_router_and_workers_a_fresh_shared_secret() -> None:
+    args = build_parser().parse_args(["--models", "."])
+    env, again = child_env(args), child_env(args)
+    secret = env["LORAPLEX_WORKER_SECRET"]
+    assert env["LORAPLEX_ROUTER_WORKER_SECRET"] == secret and len(secret) >= 32
+    assert again["LORAPLEX_WORKER_SECRET"] != secret
 
 
 @pytest.mark.parametrize(

@@ -88,3 +88,8 @@ app.kubernetes.io/component: worker
       optional: true
 {{- end }}
 {{- end }}
+
+{{/* The Secret holding the worker secret: values' existingSecret, else the chart's own. */}}
+{{- define "loraplex.workerSecretName" -}}
+{{- default (printf "%s-worker-secret" (include "loraplex.fullname" .) | trunc 63 | trimSuffix "-") .Values.workerSecret.existingSecret }}
+{{- end }}

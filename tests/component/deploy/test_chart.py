@@ -8,7 +8,9 @@ properties the chart promises.
 
 from __future__ import annotations
 
+import base64
 import subprocess
+from typing import Any
 
 import pytest
 from fixtures.deploy_checks import (
@@ -392,3 +394,112 @@ def test_operator_built_worker_pods_match_the_chart_hardening(rendered_default) 
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert "/tmp" in mounts
+
+
+# --- the closed worker API: the worker secret, two worker ports -------------------------------
+
+
+def container_env(docs: list[Manifest], deployment: str) -> dict[str, Any]:
+    pod = one(docs, "Deployment", deployment)["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def operator_built_worker_for(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
+    """A worker Deployment and Service as the chart-configured operator builds them: its
+    settings read from the rendered operator env, its parse_pool the handlers' own."""
+    from loraplex.operator import resources
+    from loraplex.operator.handlers import parse_pool
+    from loraplex.operator.settings import OperatorSettings
+
+    env = container_env(docs, "lp-loraplex-operator")
+    prefix = OperatorSettings.model_config["env_prefix"]
+    values = {n.removeprefix(prefix).lower(): v for n, v in env.items() if n.startswith(prefix)}
+    pool = parse_pool(
+        {
+            "metadata": {"name": "sdxl-base", "namespace": "lp", "uid": "0000"},
+            "spec": {"baseModel": "stabilityai/stable-diffusion-xl-base-1.0"},
+        },
+        OperatorSettings(**values),
+    )
+    return resources.build_deployment(pool, replicas=1), resources.build_service(pool)
+
+
+@pytest.mark.parametrize(
+    ("values", "secret_name", "key", "created"),
+    [
+        ([], "lp-loraplex-worker-secret", "worker-secret", True),
+        (["-f", str(ALL_ON_VALUES)], "loraplex-worker-secret", "secret", False),
+    ],
+    ids=["chart-made", "existing"],
+)
+def test_router_and_workers_get_the_same_worker_secret(
+    helm_bin, values: list[str], secret_name: str, key: str, created: bool
+) -> None:
+    docs = load_all(helm_template(helm_bin, *values))
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    assert (secret_name in secrets) is created
+    if created:
+        value = base64.b64decode(secrets[secret_name]["data"][key]).decode()
+        assert len(value) >= 32 and value.isalnum()
+    ref = {"secretKeyRef": {"name": secret_name, "key": key}}
+    assert container_env(docs, "lp-loraplex-router")["LORAPLEX_ROUTER_WORKER_SECRET"] == ref
+    worker, _ = operator_built_worker_for(docs)
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    worker_env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert worker_env["LORAPLEX_WORKER_SECRET"] == ref  # not optional: no open worker
+    assert "LORAPLEX_OPERATOR_WORKER_SECRET" not in container_env(docs, "lp-loraplex-operator")
+
+
+def test_each_render_keeps_the_secret_out_of_values_and_logs(helm_bin) -> None:
+    """Two renders without a cluster make two random values (helm upgrade reuses the live one
+    through lookup); the value never appears in a ConfigMap, an env value or the notes."""
+    first, second = (load_all(helm_template(helm_bin)) for _ in range(2))
+    key = "worker-secret"
+    values = [one(d, "Secret", "lp-loraplex-worker-secret")["data"][key] for d in (first, second)]
+    assert values[0] != values[1]
+    plain = base64.b64decode(values[0]).decode()
+    others = [d for d in first if d["kind"] != "Secret"]
+    assert plain not in str(others) and values[0] not in str(others)
+
+
+def test_worker_network_policy_opens_generation_to_routers_only(
+    rendered_all_on: list[Manifest],
+) -> None:
+    """With a metrics namespace allowed to scrape, workers still admit only router pods on
+    their API port; the metrics namespace gets the metrics port, nothing else."""
+    docs = rendered_all_on
+    policy = one(docs, "NetworkPolicy", "lp-loraplex-worker")["spec"]
+    router_labels = one(docs, "Deployment", "lp-loraplex-router")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    worker, service = operator_built_worker_for(docs)
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert set(ports) == {"http", "metrics"} and ports["http"] != ports["metrics"]
+    by_port: dict[int, list[dict[str, Any]]] = {}
+    for rule in policy["ingress"]:
+        for port in rule["ports"]:
+            by_port.setdefault(port["port"], []).extend(rule["from"])
+    assert set(by_port) == {ports["http"], ports["metrics"]}
+    (api_peer,) = by_port[ports["http"]]
+    assert set(api_peer) == {"podSelector"}, "the API port must admit pods, not namespaces"
+    assert selects(api_peer["podSelector"]["matchLabels"], router_labels)
+    (metrics_peer,) = by_port[ports["metrics"]]
+    assert metrics_peer == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    # Probes and the ServiceMonitor use the metrics port; the router's EndpointSlice port
+    # ("http") is the API.
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics"
+    monitor = one(docs, "ServiceMonitor", "lp-loraplex-worker")["spec"]
+    (endpoint,) = monitor["endpoints"]
+    service_port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+    assert service_port["targetPort"] == "metrics"
+
+
+def test_worker_network_policy_without_a_metrics_namespace(rendered_default) -> None:
+    (rule,) = one(rendered_default, "NetworkPolicy", "lp-loraplex-worker")["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert [set(peer) for peer in rule["from"]] == [{"podSelector"}]

@@ -142,10 +142,14 @@ async def test_pool_lifecycle_owns_deployment_and_service(
         assert env["LORAPLEX_WORKER_MAX_ADAPTER_SLOTS"] == "3"
         assert env["LORAPLEX_WORKER_HOST_CACHE_BYTES"] == str(2**30)
         assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token", "optional": True}}
+        assert env["LORAPLEX_WORKER_SECRET"] == {  # the operator's default Secret name and key
+            "secretKeyRef": {"name": "loraplex-worker-secret", "key": "worker-secret"}
+        }
         assert env["HF_HOME"].startswith("/models") and env["EXTRA"] == "1"
         container = dep["spec"]["template"]["spec"]["containers"][0]
         assert container["command"] == ["loraplex", "worker"]
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert [p["name"] for p in svc["spec"]["ports"]] == ["http", "metrics"]
         assert container["image"] == "example.org/worker:1"
         assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
         assert dep["spec"]["replicas"] == 0  # minReplicas, no traffic yet

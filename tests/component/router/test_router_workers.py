@@ -3,7 +3,9 @@
 Workers download the demo base and adapters from the fixture Hub with the real client; the
 router resolves through the same Hub. Checked: repeated requests for one adapter land on the
 replica that has it active, and SIGKILL of a worker in the middle of a run fails no request
-(the router retries on the other replica before any answer started).
+(the router retries on the other replica before any answer started). Workers run closed, as on
+Kubernetes: they demand the worker secret, which the router holds; readiness is read on their
+metrics port.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from loraplex.shared.contract import Headers
 pytestmark = pytest.mark.slow
 BODY = {"inputs": "a fox", "parameters": {"num_inference_steps": 2, "width": 64, "height": 64}}
 READY_TIMEOUT_S = 120
+WORKER_SECRET = "router-workers-test-secret-0123456789"
 
 
 def free_port() -> int:
@@ -40,7 +43,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def spawn_worker(base: str, port: int, cache: Path, env: dict[str, str]) -> subprocess.Popen:
+def spawn_worker(
+    base: str, ports: tuple[int, int], cache: Path, env: dict[str, str]
+) -> subprocess.Popen:
     worker_env = {
         **os.environ,
         **env,
@@ -50,13 +55,17 @@ def spawn_worker(base: str, port: int, cache: Path, env: dict[str, str]) -> subp
         "LORAPLEX_WORKER_HEIGHT": "64",
         "LORAPLEX_WORKER_NUM_INFERENCE_STEPS": "2",
         "LORAPLEX_WORKER_WARMUP_STEPS": "1",
+        "LORAPLEX_WORKER_SECRET": WORKER_SECRET,
     }
+    port, metrics_port = ports
     cmd = [sys.executable, "-m", "loraplex", "worker", "--base-model", base]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port)]
+    cmd += ["--log-level", "warning"]
     return subprocess.Popen(cmd, env=worker_env)
 
 
 async def wait_ready(urls: list[str], procs: list[subprocess.Popen]) -> None:
+    """Wait for ``/readyz`` at ``urls`` (the workers' metrics ports)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     async with httpx.AsyncClient(timeout=2) as client:
         for url, proc in zip(urls, procs, strict=True):
@@ -74,15 +83,19 @@ async def wait_ready(urls: list[str], procs: list[subprocess.Popen]) -> None:
 @pytest.fixture(scope="module")
 def workers(
     hub_server, demo_models, tmp_path_factory
-) -> Iterator[list[tuple[str, subprocess.Popen]]]:
+) -> Iterator[list[tuple[str, subprocess.Popen, str]]]:
+    """(API URL, process, metrics-port URL) of each worker."""
     env = hub_env_vars(hub_server.url, tmp_path_factory.mktemp("worker-hf"))
-    ports = [free_port(), free_port()]
+    ports = [(free_port(), free_port()), (free_port(), free_port())]
     procs = [
-        spawn_worker(demo_models.base, port, tmp_path_factory.mktemp(f"w{i}"), env)
-        for i, port in enumerate(ports)
+        spawn_worker(demo_models.base, pair, tmp_path_factory.mktemp(f"w{i}"), env)
+        for i, pair in enumerate(ports)
     ]
     try:
-        yield [(f"http://127.0.0.1:{port}", proc) for port, proc in zip(ports, procs, strict=True)]
+        yield [
+            (f"http://127.0.0.1:{port}", proc, f"http://127.0.0.1:{metrics_port}")
+            for (port, metrics_port), proc in zip(ports, procs, strict=True)
+        ]
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -92,10 +105,14 @@ def workers(
 
 
 async def test_affinity_and_a_worker_killed_mid_run(workers, hub_server, demo_models) -> None:
-    urls = [url for url, _ in workers]
-    await wait_ready(urls, [proc for _, proc in workers])
+    urls = [url for url, _, _ in workers]
+    await wait_ready([ops for _, _, ops in workers], [proc for _, proc, _ in workers])
     settings = RouterSettings(
-        static_pools={demo_models.base: urls}, state_poll_interval_s=0.2, request_timeout_s=60
+        static_pools={demo_models.base: urls},
+        worker_secret=WORKER_SECRET,
+        state_poll_interval_s=0.2,
+        request_timeout_s=60,
+        debug_replica_header=True,  # which replica answered: the affinity checks read it
     )
     app = create_app(settings, card_source=HubCardSource(HfApi(endpoint=hub_server.url)))
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -120,7 +137,7 @@ async def check_kill_mid_run(client, app, workers, demo_models) -> None:
     # (Mixing adapters here hit a worker-side 422 on switches under load; reported to the
     # worker's owner rather than papered over in this router test.)
     adapters = [demo_models.demo.adapters[0].repo_id]
-    victim_url, victim = workers[0]
+    victim_url, victim, _ = workers[0]
     statuses: list[int] = []
     answered_by: list[str] = []
     errors: list[str] = []
@@ -153,6 +170,7 @@ async def check_kill_mid_run(client, app, workers, demo_models) -> None:
     await asyncio.gather(*users)
     assert statuses and set(statuses) == {200}, errors[:3]
     assert victim.wait(10) == -signal.SIGKILL
-    assert answered_by[killed_at + 1 :] and set(answered_by[killed_at + 1 :]) == {workers[1][0]}
+    survivor = app.state.replica_ids(workers[1][0])  # the header carries opaque replica ids
+    assert answered_by[killed_at + 1 :] and set(answered_by[killed_at + 1 :]) == {survivor}
     metrics = (await client.get("/metrics")).text
     assert "loraplex_router_retries_total" in metrics

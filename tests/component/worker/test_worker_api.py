@@ -1,4 +1,5 @@
-"""The worker over real HTTP on loopback: contract, headers, state, metrics, bad input, queue.
+"""The worker over real HTTP on loopback: contract, headers, state, metrics, bad input, queue,
+and its closed API (the router's secret; access re-checked for cached gated/private adapters).
 
 One worker (tiny demo base, 64×64, 2 steps) serves the module; the Hub is the fixture server.
 Where the device must be held busy (queue tests), the engine's ``generate`` is wrapped by a
@@ -21,6 +22,7 @@ from fixtures.worker import (
     one_torch_thread,  # noqa: F401 - pytest fixture
     tiny_worker_settings,
 )
+from loraplex.worker.app import create_app
 from loraplex.worker.pipeline import Engine
 
 from loraplex.demo.models import LORA_R4, LORA_R8_ALPHA16
@@ -50,13 +52,24 @@ def worker(hub_cache: Path) -> Iterator[WorkerServer]:
 @pytest.fixture(scope="module")
 def pristine_base(worker: WorkerServer) -> bytes:
     """The base image before this module's worker ever saw an adapter."""
-    response = httpx.post(f"{worker.url}/v1/generate", json=BASE_BODY, timeout=30)
+    response = generate(worker)
     assert response.status_code == 200
     return response.content
 
 
-def generate(worker: WorkerServer, **body: object) -> httpx.Response:
-    return httpx.post(f"{worker.url}/v1/generate", json={**BASE_BODY, **body}, timeout=30)
+def generate(
+    worker: WorkerServer, token: str | None = None, secret: str | None = "", **body: object
+) -> httpx.Response:
+    """POST /v1/generate as the router would: the worker secret (``secret=""``: the worker's
+    own; None: none), and ``token`` as the user's Hub token when given."""
+    headers = dict(worker.headers) if secret == "" else {}
+    if secret:
+        headers[Headers.WORKER_SECRET] = secret
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.post(
+        f"{worker.url}/v1/generate", json={**BASE_BODY, **body}, headers=headers, timeout=30
+    )
 
 
 def test_base_image_with_timing_headers(worker: WorkerServer, pristine_base: bytes) -> None:
@@ -82,7 +95,9 @@ def test_adapter_request_reports_tier_commit_and_state(worker: WorkerServer) -> 
     again = generate(worker, adapter={"repo_id": LORA_R4, "revision": commit})
     assert again.headers[Headers.SWITCH_TIER] == "active"
     assert again.content == first.content
-    state = WorkerState.model_validate(httpx.get(f"{worker.url}/v1/state").json())
+    state = WorkerState.model_validate(
+        httpx.get(f"{worker.url}/v1/state", headers=worker.headers).json()
+    )
     assert state.ready and state.active_adapter == active
     assert active in state.resident_adapters and active in state.host_cached_adapters
     assert state.queue_capacity == 2 and state.free_slots == worker.settings.max_adapter_slots - 1
@@ -125,7 +140,8 @@ BAD_ADAPTERS = [
     ("multi_file", None, 422, "style_a.safetensors, style_b.safetensors"),
     ("gated", None, 401, "token"),
     ("gated", "hf_not_the_right_one", 403, "refused"),
-    ("private", None, 404, "not found"),
+    ("private", None, 401, "without a token"),
+    ("private", "hf_not_the_right_one", 404, "not found"),
 ]
 
 
@@ -135,13 +151,7 @@ def test_bad_adapters_answer_json_errors_and_base_stays_bit_exact(
 ) -> None:
     assert generate(worker, adapter={"repo_id": LORA_R8_ALPHA16}).status_code == 200
     repo_id = getattr(demo_models.test_repos, repo, repo)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = httpx.post(
-        f"{worker.url}/v1/generate",
-        json={**BASE_BODY, "adapter": {"repo_id": repo_id}},
-        headers=headers,
-        timeout=30,
-    )
+    response = generate(worker, token, adapter={"repo_id": repo_id})
     assert response.status_code == status, response.text
     assert text in response.json()["error"]
     assert generate(worker).content == pristine_base
@@ -160,18 +170,14 @@ def test_adapter_over_the_size_limit_is_413(worker, pristine_base: bytes) -> Non
 
 
 def test_gated_adapter_with_the_right_token(worker, demo_models, hub_server) -> None:
-    response = httpx.post(
-        f"{worker.url}/v1/generate",
-        json={**BASE_BODY, "adapter": {"repo_id": demo_models.test_repos.gated}},
-        headers={"Authorization": f"Bearer {hub_server.gated_token}"},
-        timeout=30,
-    )
+    adapter = {"repo_id": demo_models.test_repos.gated}
+    response = generate(worker, hub_server.gated_token, adapter=adapter)
     assert response.status_code == 200, response.text
 
 
 def test_metrics_expose_switch_inference_queue_and_cache_series(worker) -> None:
     generate(worker, adapter={"repo_id": LORA_R4})
-    text = httpx.get(f"{worker.url}/metrics").text
+    text = httpx.get(f"{worker.ops_url}/metrics").text
     for series in (
         'loraplex_worker_adapter_switch_seconds_count{tier="none"}',
         'loraplex_worker_adapter_switch_seconds_bucket{le="0.001",tier="hub"}',
@@ -199,11 +205,11 @@ def gate(worker: WorkerServer, monkeypatch: pytest.MonkeyPatch):
     calls: list[str] = []
     original = engine.generate
 
-    def gated(request, token=None):
+    def gated(request, token=None, cancel=None):
         calls.append(request.prompt)
         entered.set()
         assert opened.wait(30), "test never opened the gate"
-        return original(request, token)
+        return original(request, token, cancel)
 
     monkeypatch.setattr(engine, "generate", gated)
     yield type("Gate", (), {"open": opened, "entered": entered, "calls": calls})
@@ -221,7 +227,7 @@ async def test_full_queue_is_429_with_retry_after_and_gone_clients_are_dropped(
     worker: WorkerServer, gate
 ) -> None:
     executor = worker.runtime.executor
-    async with httpx.AsyncClient(base_url=worker.url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=worker.url, headers=worker.headers, timeout=30) as client:
 
         def post(prompt: str):
             return asyncio.create_task(
@@ -231,7 +237,9 @@ async def test_full_queue_is_429_with_retry_after_and_gone_clients_are_dropped(
         running = post("running")
         await asyncio.to_thread(gate.entered.wait, 10)
         kept = post("kept")
-        async with httpx.AsyncClient(base_url=worker.url, timeout=30) as leaving_client:
+        async with httpx.AsyncClient(
+            base_url=worker.url, headers=worker.headers, timeout=30
+        ) as leaving_client:
             leaving = asyncio.create_task(
                 leaving_client.post("/v1/generate", json={**BASE_BODY, "prompt": "leaving"})
             )
@@ -248,7 +256,7 @@ async def test_full_queue_is_429_with_retry_after_and_gone_clients_are_dropped(
         assert (await running).status_code == 200
         assert (await kept).status_code == 200
     assert gate.calls == ["running", "kept"]
-    metrics = httpx.get(f"{worker.url}/metrics").text
+    metrics = httpx.get(f"{worker.ops_url}/metrics").text
     assert "loraplex_worker_dropped_requests_total 1.0" in metrics
 
 
@@ -257,7 +265,7 @@ async def test_same_adapter_requests_overtake_at_most_max_overtake(worker, gate)
     executor = worker.runtime.executor
     adapter_a = {"repo_id": LORA_R4}
     adapter_b = {"repo_id": LORA_R8_ALPHA16}
-    async with httpx.AsyncClient(base_url=worker.url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=worker.url, headers=worker.headers, timeout=30) as client:
 
         def post(prompt: str, adapter: dict):
             body = {**BASE_BODY, "prompt": prompt, "adapter": adapter}
@@ -284,18 +292,17 @@ def test_readyz_is_503_until_the_warm_up_generation_is_done(hub_cache: Path) -> 
 
     server = WorkerServer(tiny_worker_settings(hub_cache), engine_factory=slow_load).start()
     try:
-        assert httpx.get(f"{server.url}/healthz").status_code == 200
-        ready = httpx.get(f"{server.url}/readyz")
+        assert httpx.get(f"{server.ops_url}/healthz").status_code == 200
+        ready = httpx.get(f"{server.ops_url}/readyz")
         assert ready.status_code == 503 and "warming up" in ready.json()["error"]
-        early = httpx.post(f"{server.url}/v1/generate", json=BASE_BODY)
+        early = generate(server)
         assert early.status_code == 503 and int(early.headers["retry-after"]) >= 1
         assert early.json()["estimated_time"] > 0
-        assert httpx.get(f"{server.url}/v1/state").json()["ready"] is False
+        state = httpx.get(f"{server.url}/v1/state", headers=server.headers)
+        assert state.json()["ready"] is False
         release.set()
         server.wait_ready()
-        assert (
-            httpx.post(f"{server.url}/v1/generate", json=BASE_BODY, timeout=30).status_code == 200
-        )
+        assert generate(server).status_code == 200
     finally:
         release.set()
         server.stop()
@@ -305,8 +312,8 @@ def test_a_base_that_cannot_load_fails_liveness_with_the_reason(hub_cache: Path)
     settings = tiny_worker_settings(hub_cache, base_model="loraplex-test/no-such-base")
     server = WorkerServer(settings).start()
     try:
-        wait_for(lambda: httpx.get(f"{server.url}/healthz").status_code == 503)
-        error = httpx.get(f"{server.url}/readyz").json()["error"]
+        wait_for(lambda: httpx.get(f"{server.ops_url}/healthz").status_code == 503)
+        error = httpx.get(f"{server.ops_url}/readyz").json()["error"]
         assert "loraplex-test/no-such-base" in error and "not found" in error
     finally:
         server.stop()
@@ -323,7 +330,104 @@ def test_any_load_failure_fails_liveness(hub_cache: Path) -> None:
         tiny_worker_settings(hub_cache), engine_factory=unknown_pipeline_class
     ).start()
     try:
-        wait_for(lambda: httpx.get(f"{server.url}/healthz").status_code == 503)
-        assert "FuturePipeline" in httpx.get(f"{server.url}/healthz").json()["error"]
+        wait_for(lambda: httpx.get(f"{server.ops_url}/healthz").status_code == 503)
+        assert "FuturePipeline" in httpx.get(f"{server.ops_url}/healthz").json()["error"]
     finally:
         server.stop()
+
+
+# --- the closed API: only the router (the worker secret) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("secret", "status", "text"),
+    [(None, 401, "router only"), ("not-the-worker-secret-at-all", 403, "not this worker's")],
+    ids=["no-secret", "wrong-secret"],
+)
+def test_generate_and_state_need_the_worker_secret(
+    worker: WorkerServer, demo_models, secret: str | None, status: int, text: str
+) -> None:
+    """A caller that is not the router gets the documented error shape, and nothing else: no
+    image, no adapter names (state lists private repos' commits)."""
+    headers = {Headers.WORKER_SECRET: secret} if secret else {}
+    for response in (
+        generate(worker, secret=secret, adapter={"repo_id": LORA_R4}),
+        generate(worker, secret=secret, prompt=""),  # checked before the body: not a 400
+        httpx.post(f"{worker.url}/v1/generate", content=b"{not json", headers=headers),
+        httpx.get(f"{worker.url}/no/such/path", headers=headers),  # no route map either
+        httpx.get(f"{worker.url}/v1/state", headers=headers),
+    ):
+        assert response.status_code == status, response.text
+        assert set(response.json()) == {"error"} and text in response.json()["error"]
+        assert demo_models.test_repos.private not in response.text
+
+
+def test_health_and_metrics_live_only_on_the_metrics_port(worker: WorkerServer) -> None:
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(f"{worker.ops_url}{path}").status_code == 200, path
+        assert httpx.get(f"{worker.url}{path}", headers=worker.headers).status_code == 404, path
+    for path in ("/docs", "/openapi.json"):
+        assert httpx.get(f"{worker.url}{path}", headers=worker.headers).status_code == 404, path
+    assert httpx.post(f"{worker.ops_url}/v1/generate", json=BASE_BODY).status_code == 404
+    assert httpx.get(f"{worker.ops_url}/v1/state").status_code == 404
+
+
+def test_without_a_secret_the_worker_serves_only_on_loopback(hub_cache: Path) -> None:
+    with pytest.raises(ValueError, match="LORAPLEX_WORKER_SECRET"):
+        create_app(tiny_worker_settings(hub_cache, host="0.0.0.0", secret=None))
+    open_worker = create_app(tiny_worker_settings(hub_cache, secret=None))  # 127.0.0.1
+    assert open_worker.title == "loraplex worker"
+
+
+# --- access re-checked for cached gated/private adapters ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("repo", "refused_status", "refused_text"),
+    [("private", 404, "not found"), ("gated", 403, "refused")],
+)
+def test_a_cached_closed_adapter_still_needs_the_users_token(
+    worker: WorkerServer, demo_models, hub_server, repo: str, refused_status: int, refused_text
+) -> None:
+    """Loaded once with the right token (now resident and active), the adapter is refused to
+    a caller without a token (401) or with a token the Hub refuses (as the Hub answers), by
+    commit and by branch, and still served to the right token."""
+    repo_id = getattr(demo_models.test_repos, repo)
+    first = generate(worker, hub_server.gated_token, adapter={"repo_id": repo_id})
+    assert first.status_code == 200, first.text
+    commit = first.headers[Headers.ADAPTER_COMMIT]
+    state = httpx.get(f"{worker.url}/v1/state", headers=worker.headers).json()
+    assert state["active_adapter"] == f"{repo_id}@{commit}"
+    for revision in (commit, "main"):
+        adapter = {"repo_id": repo_id, "revision": revision}
+        anonymous = generate(worker, adapter=adapter)
+        assert anonymous.status_code == 401, anonymous.text
+        assert "token" in anonymous.json()["error"]
+        refused = generate(worker, "hf_not_the_right_one", adapter=adapter)
+        assert refused.status_code == refused_status, refused.text
+        assert refused_text in refused.json()["error"]
+        again = generate(worker, hub_server.gated_token, adapter=adapter)
+        assert again.status_code == 200, again.text
+        assert again.content == first.content
+
+
+def test_access_answers_are_cached_per_token_for_the_ttl(
+    worker: WorkerServer, demo_models, hub_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One Hub auth-check per (repo, token) per access_ttl_seconds; public adapters none."""
+    fetcher = worker.runtime.engine.fetcher
+    now = [time.monotonic()]  # the fetcher's clock, frozen (earlier answers were stamped by it)
+    monkeypatch.setattr(fetcher, "_clock", lambda: now[0])
+    repo_id = demo_models.test_repos.gated
+    adapter = {"repo_id": repo_id}
+    assert generate(worker, hub_server.gated_token, adapter=adapter).status_code == 200
+    checks = hub_server.count(f"/api/models/{repo_id}/auth-check")
+    for _ in range(3):
+        assert generate(worker, hub_server.gated_token, adapter=adapter).status_code == 200
+    assert hub_server.count(f"/api/models/{repo_id}/auth-check") == checks
+    now[0] += worker.settings.access_ttl_seconds + 1
+    assert generate(worker, hub_server.gated_token, adapter=adapter).status_code == 200
+    assert hub_server.count(f"/api/models/{repo_id}/auth-check") == checks + 1
+    before = hub_server.count("/auth-check")
+    assert generate(worker, adapter={"repo_id": LORA_R4}).status_code == 200
+    assert hub_server.count("/auth-check") == before

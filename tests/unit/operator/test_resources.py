@@ -61,6 +61,7 @@ def test_deployment_carries_worker_settings_owner_and_probes() -> None:
         "LORAPLEX_WORKER_BASE_REVISION": "v1.0",
         "LORAPLEX_WORKER_HOST": "0.0.0.0",
         "LORAPLEX_WORKER_PORT": "8000",
+        "LORAPLEX_WORKER_METRICS_PORT": "9100",
         "LORAPLEX_WORKER_DTYPE": "float16",
         "LORAPLEX_WORKER_MAX_ADAPTER_SLOTS": "8",
         "LORAPLEX_WORKER_RESIDENT_CACHE_BYTES": str(2 * 2**30),
@@ -70,9 +71,13 @@ def test_deployment_carries_worker_settings_owner_and_probes() -> None:
         "HOME": "/tmp",
     }
     assert container["image"] == "img:default"
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["ports"][0]["containerPort"] == 8000
+    # Probes on the metrics port: no secret there, and the API port admits only routers.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9100, "protocol": "TCP"},
+    ]
     assert container["securityContext"]["runAsNonRoot"] is True
     assert pod["terminationGracePeriodSeconds"] == 300
     assert pod["nodeSelector"] == {"gpu": "a10"} and pod["tolerations"][0]["operator"] == "Exists"
@@ -86,8 +91,26 @@ def test_deployment_carries_worker_settings_owner_and_probes() -> None:
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def test_the_worker_secret_comes_from_the_named_secret_and_is_not_optional() -> None:
+    ref = res.SecretKeyRef("lp-worker-secret", "worker-secret")
+    pool = res.parse_pool(body(), "img:1", worker_secret=ref)
+    (container,) = res.build_deployment(pool, 1)["spec"]["template"]["spec"]["containers"]
+    (entry,) = [e for e in container["env"] if e["name"] == "LORAPLEX_WORKER_SECRET"]
+    assert entry == {
+        "name": "LORAPLEX_WORKER_SECRET",
+        "valueFrom": {"secretKeyRef": {"name": "lp-worker-secret", "key": "worker-secret"}},
+    }
+    assert "value" not in entry, "the secret's value never passes through the operator"
+    bare = res.build_deployment(res.parse_pool(body(), "img:1"), 1)
+    (plain,) = bare["spec"]["template"]["spec"]["containers"]
+    assert "LORAPLEX_WORKER_SECRET" not in {e["name"] for e in plain["env"]}
+
+
 def test_built_objects_are_valid_kubernetes() -> None:
-    pool = res.parse_pool(body(worker={"hfTokenSecret": {"name": "hf"}}), "img:1")
+    ref = res.SecretKeyRef("lp-worker-secret", "worker-secret")
+    pool = res.parse_pool(
+        body(worker={"hfTokenSecret": {"name": "hf"}}), "img:1", worker_secret=ref
+    )
     for obj in (res.build_deployment(pool, 1), res.build_service(pool)):
         kubernetes_validate.validate(obj, "1.30", strict=True)
 
@@ -97,7 +120,10 @@ def test_service_is_headless_and_selects_the_workers() -> None:
     svc = res.build_service(pool)
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"] == res.selector_labels(pool)
-    assert svc["spec"]["ports"][0]["port"] == 8000
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"},
+        {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"},
+    ]
 
 
 @pytest.mark.parametrize(

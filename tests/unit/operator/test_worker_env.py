@@ -44,9 +44,15 @@ def _operator_env() -> dict[str, str]:
             "worker": EVERY_OPTION,
         },
     }
-    pool = res.parse_pool(body, default_image="img:default")
+    secret = res.SecretKeyRef("lp-worker-secret", "worker-secret")
+    pool = res.parse_pool(body, default_image="img:default", worker_secret=secret)
     (container,) = res.build_deployment(pool, 1)["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"] if e["name"].startswith(PREFIX)}
+    # A Secret's value stands in for valueFrom entries (the worker secret): a valid secret.
+    return {
+        e["name"]: e.get("value", "x" * 32)
+        for e in container["env"]
+        if e["name"].startswith(PREFIX)
+    }
 
 
 def test_prefix_is_the_one_the_operator_writes() -> None:
@@ -61,7 +67,7 @@ def test_every_worker_variable_names_a_worker_setting() -> None:
     unknown = sorted(set(written) - set(by_name))
     assert not unknown, f"the operator writes variables the worker ignores: {unknown}"
     # The pool set every option, so the conditional variables must be among those checked.
-    assert {"base_model", "resident_cache_bytes", "host_cache_bytes"} <= {
+    assert {"base_model", "resident_cache_bytes", "host_cache_bytes", "secret"} <= {
         by_name[name] for name in written
     }
 
@@ -71,7 +77,10 @@ def test_worker_accepts_every_value_the_operator_writes(monkeypatch: pytest.Monk
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = WorkerSettings()
+    assert settings.exposure_problem() is None, "the worker would refuse to start"
     for name, value in env.items():
         field = name.removeprefix(PREFIX).lower()
         read = getattr(settings, field)
+        if field == "secret":
+            read = read.get_secret_value()
         assert str(read) == value or read == type(read)(value), (name, value, read)

@@ -16,6 +16,7 @@ from loraplex.router.retry import (
 RETRY = RetryDecision(Action.RETRY)
 RETRY_MARK_DOWN = RetryDecision(Action.RETRY, mark_down=True)
 PASS = RetryDecision(Action.PASS)
+DEADLINE = RetryDecision(Action.DEADLINE)
 
 
 @pytest.mark.parametrize(
@@ -31,7 +32,7 @@ PASS = RetryDecision(Action.PASS)
         (500, RETRY),  # about this request: retried, replica stays ready
         (502, RETRY),  # e.g. the Hub failed an adapter download
         (503, RETRY_MARK_DOWN),  # the worker itself is unavailable
-        (504, RETRY),
+        (504, DEADLINE),  # the deadline budget sent to the worker ran out: no retry
         (599, RETRY),
     ],
 )

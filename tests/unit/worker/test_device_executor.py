@@ -20,7 +20,7 @@ async def test_jobs_run_one_at_a_time_and_errors_reach_their_request() -> None:
     running, peak = 0, 0
     lock = threading.Lock()
 
-    def run(payload: int) -> int:
+    def run(payload: int, cancel: object) -> int:
         nonlocal running, peak
         with lock:
             running += 1
@@ -50,7 +50,7 @@ async def test_full_queue_and_stop() -> None:
     gate = threading.Event()
     entered = threading.Event()
 
-    def run(payload: int) -> int:
+    def run(payload: int, cancel: object) -> int:
         entered.set()
         gate.wait(10)
         return payload
