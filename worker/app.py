@@ -176,6 +176,7 @@ def create_ops_app(api: FastAPI) -> FastAPI:
     ops = FastAPI(
         title="loraplex worker health and metrics", docs_url=None, redoc_url=None, openapi_url=None
     )
+    install_handlers(ops)  # the documented {"error"} shape on this port too (404, 405, …)
     _ops_routes(ops, api)
     return ops
 

@@ -7,7 +7,8 @@ the ASGI guard in :mod:`loraplex.shared.edge` applies to each request:
   loopback or specific address accepts that address and the loopback names (``localhost``,
   ``127.0.0.1``, ``[::1]``) only; one on a wildcard address (``0.0.0.0``, ``::``: a container
   behind a Kubernetes Service/Ingress) accepts any Host, because which names reach it is the
-  cluster's business — set ``allowed_hosts`` to the Ingress host to close that too. 400.
+  cluster's business (kubelet probes and the operator's scrapes reach a pod by its IP, which no
+  host list can name, so leave it unset there and let the Ingress choose the names). 400.
 * **Origin** (cross-site requests): a state-changing request (POST, …) that carries ``Origin``
   must come from this server's own origin (Origin's host:port = Host) or from one of
   ``cors_origins``. Clients that are not browsers (curl, huggingface_hub, the openai SDK) send

@@ -197,6 +197,18 @@ def test_metrics_expose_switch_inference_queue_and_cache_series(worker) -> None:
     assert float(resident.split()[1]) >= 1
 
 
+def test_the_metrics_port_answers_errors_in_the_documented_shape(worker) -> None:
+    """No generation there, and a wrong path or method is {"error"}, not the framework's."""
+    for method, path, status in (
+        ("POST", "/v1/generate", 404),
+        ("GET", "/v1/state", 404),
+        ("POST", "/metrics", 405),
+    ):
+        resp = httpx.request(method, f"{worker.ops_url}{path}", json={})
+        assert resp.status_code == status, (method, path)
+        assert set(resp.json()) == {"error"}, resp.text
+
+
 @pytest.fixture
 def gate(worker: WorkerServer, monkeypatch: pytest.MonkeyPatch):
     """Hold the device busy: each generation waits for ``gate.open`` (stand-in for a slow GPU)."""
