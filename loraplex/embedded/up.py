@@ -123,9 +123,13 @@ def url_host(host: str) -> str:
 
 
 def check_port_free(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be bound now (another loraplex up, say), or None."""
+    """Why ``host:port`` cannot be bound now (another loraplex up, say), or None.
+
+    Binds as uvicorn will (``SO_REUSEADDR``), so connections of a run that just ended, still in
+    TIME_WAIT, do not block a new ``make run``, while a live listener still does."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

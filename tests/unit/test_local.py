@@ -177,3 +177,22 @@ def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
         code = main(["--models", str(tmp_path), "--port", str(port)])
     assert code == 2 and time.monotonic() - started < 5
     assert check_port_free("127.0.0.1", port) is None  # free again once released
+
+
+def test_a_port_with_only_time_wait_connections_is_free(tmp_path: Path) -> None:
+    """After Ctrl-C, the last run's served connections linger in TIME_WAIT for a minute; uvicorn
+    binds over them (SO_REUSEADDR), so the check must not refuse the port either."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end of the pair goes to TIME_WAIT
+        assert client.recv(1) == b""
+        client.close()
+    # What the old check did, binding without SO_REUSEADDR, is refused:
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))
+    assert check_port_free("127.0.0.1", port) is None
