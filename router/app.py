@@ -8,7 +8,9 @@
   (default) or ``url``: the router is stateless and stores nothing, so ``url`` is a
   ``data:image/<fmt>;base64,…`` URL (RFC 2397) — valid wherever a URL is fetched by a browser
   or PIL, with no expiry and no storage to secure.
-* ``GET /v1/models``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+* ``GET /v1/models`` (each base with its recently served public ``adapters``), ``GET /healthz``,
+  ``GET /readyz``, ``GET /metrics``.
+* ``GET /`` — the playground page (:mod:`loraplex.router.playground`; setting ``playground``).
 
 Errors are ``{"error": "<what and what to do>"}`` through :mod:`loraplex.shared.errors`.
 A client that disconnects cancels its upstream request (the worker sees the connection close).
@@ -31,6 +33,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from loraplex.router.forward import WorkerAnswer
+from loraplex.router.playground import add_playground_routes
 from loraplex.router.pools import PoolSource
 from loraplex.router.resolve import CardSource, Route
 from loraplex.router.runtime import RouterRuntime, build_runtime
@@ -225,6 +228,7 @@ def create_app(
     app.add_middleware(FormBodyIsJson)
     _add_generation_routes(app)
     _add_info_routes(app)
+    add_playground_routes(app, enabled=settings.playground)
     # Last, so it runs first: Host/Origin/size checks before any body is read or relabelled.
     install_edge_guards(app, settings)
     return app
@@ -404,6 +408,7 @@ def _add_info_routes(app: FastAPI) -> None:
                     replicas=len(pool.replicas),
                     ready_replicas=pool.ready_count,
                     pending=pool.pending,
+                    adapters=pool.recent_adapters(),
                 )
             )
         return ModelList(data=data)

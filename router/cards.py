@@ -159,6 +159,28 @@ class LocalCardSource:
         gated = card.gated or model_id in self.rules.gated
         return replace(card, gated=gated, private=model_id in self.rules.private)
 
+    def open_cards(self) -> list[ModelCard]:
+        """The cards of the folder's open repos (neither gated nor private), by id: what may be
+        named to every caller (the embedded router lists their LoRAs in GET /v1/models)."""
+        cards = []
+        for repo_dir in sorted(self.models_dir.glob("*/*")):
+            repo_id = f"{repo_dir.parent.name}/{repo_dir.name}"
+            if not _open_repo(self.models_dir, repo_dir, repo_id, self.rules):
+                continue
+            card = read_local_card(repo_dir, repo_id, self.revision, root=self.models_dir)
+            if not card.gated:
+                cards.append(card)
+        return cards
+
+
+def _open_repo(root: Path, repo_dir: Path, repo_id: str, rules: AccessRules) -> bool:
+    """A valid repo id, a folder inside ``root``, and not closed by ``.hub-access.json``."""
+    try:
+        validate_model_id(repo_id)
+    except LoraplexError:
+        return False  # .hidden folders and names the Hub would refuse
+    return repo_dir.is_dir() and inside(root, repo_dir) and repo_id not in rules.closed()
+
 
 def read_local_card(
     repo_dir: Path, repo_id: str, revision: str = "main", *, root: Path | None = None

@@ -16,6 +16,7 @@ poll (other routers' requests), updated again from every answer's headers.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -70,6 +71,8 @@ class Pool:
     replicas: dict[str, ReplicaState] = field(default_factory=dict)
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     pending: int = 0  # requests held for this pool right now (mirrors the pending gauge)
+    # Public LoRA ids served from this pool, oldest first (an ordered set: values unused).
+    recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def set_endpoints(self, endpoints: Iterable[str]) -> None:
         wanted = list(dict.fromkeys(endpoints))
@@ -102,6 +105,19 @@ class Pool:
         except TimeoutError:
             return False
         return True
+
+    def note_adapter(self, repo_id: str, keep: int) -> None:
+        """Remember ``repo_id`` as this pool's newest adapter, keeping the ``keep`` newest.
+
+        Only for public repos: the list is shown to every caller (GET /v1/models)."""
+        self.recent.pop(repo_id, None)
+        self.recent[repo_id] = None
+        while len(self.recent) > keep:
+            self.recent.popitem(last=False)
+
+    def recent_adapters(self) -> list[str]:
+        """The remembered adapter ids, newest first."""
+        return list(reversed(self.recent))
 
     def mark_failed(self, endpoint: str) -> None:
         replica = self.replicas.get(endpoint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -13,11 +14,12 @@ from loraplex.router.metrics import RouterMetrics
 from loraplex.router.pick import STRATEGIES, AdapterAffinityPicker, Picker
 from loraplex.router.poller import StatePoller
 from loraplex.router.pools import PoolRegistry, PoolSource, StaticPoolSource
-from loraplex.router.resolve import CardSource, Resolver
+from loraplex.router.resolve import CardSource, Resolver, Route, classify
 from loraplex.router.service import RouterService
 from loraplex.router.settings import RouterSettings
 
 from loraplex.shared.contract import Headers
+from loraplex.shared.errors import LoraplexError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,22 @@ def make_picker(settings: RouterSettings) -> Picker:
     return STRATEGIES[settings.pick_strategy]()
 
 
+def open_adapter_routes(source: CardSource, served: frozenset[str]) -> list[Route]:
+    """Routes of the open LoRAs a local models folder holds for the served bases (none for the
+    Hub: it cannot be listed), so the playground offers them before any request was made."""
+    if not isinstance(source, LocalCardSource):
+        return []
+    routes = []
+    for card in source.open_cards():
+        try:
+            route = classify(card, served)
+        except LoraplexError:
+            continue  # a base, a LoRA of an unserved base, another task: nothing to list
+        if route.adapter is not None:
+            routes.append(route)
+    return routes
+
+
 async def build_runtime(
     settings: RouterSettings,
     *,
@@ -91,8 +109,9 @@ async def build_runtime(
     )
     await poller.poll_once()  # static pools are routable from the first request
     poller.start()
+    cards = card_source or default_card_source(settings)
     resolver = Resolver(
-        card_source or default_card_source(settings),
+        cards,
         ttl_s=settings.resolve_ttl_s,
         negative_ttl_s=settings.resolve_negative_ttl_s,
         stale_s=settings.resolve_stale_s,
@@ -115,6 +134,10 @@ async def build_runtime(
         hold_timeout_s=settings.hold_timeout_s,
         estimated_warmup_s=settings.estimated_warmup_s,
         request_timeout_s=settings.request_timeout_s,
+        recent_adapters=settings.recent_adapters,
     )
+    # Reversed: the last one noted is listed first, so the list reads in id order.
+    for route in reversed(await asyncio.to_thread(open_adapter_routes, cards, registry.served())):
+        service.remember_adapter(route)
     log.info("router ready: pools %s", ", ".join(sorted(registry.served())) or "(none yet)")
     return RouterRuntime(settings, registry, metrics, session, source, poller, service)

@@ -82,6 +82,12 @@ class ModelCardOut(BaseModel):
     replicas: int
     ready_replicas: int
     pending: int
+    adapters: list[str] = Field(
+        default_factory=list,
+        description="Public LoRA ids of this base the router served lately (and, in embedded "
+        "mode, the models folder's open LoRAs), newest first; at most the router's "
+        "recent_adapters. Never a gated or private repo. Any other LoRA id works too.",
+    )
 
 
 class ModelList(BaseModel):

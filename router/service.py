@@ -47,6 +47,7 @@ class RouterService:
         hold_timeout_s: float,
         estimated_warmup_s: float,
         request_timeout_s: float,
+        recent_adapters: int = 0,
     ) -> None:
         self.registry = registry
         self.resolver = resolver
@@ -55,6 +56,7 @@ class RouterService:
         self.hold_timeout_s = hold_timeout_s
         self.estimated_warmup_s = estimated_warmup_s
         self.request_timeout_s = request_timeout_s
+        self.recent_adapters = recent_adapters
 
     async def resolve(self, call: GenerationCall) -> Route:
         return await self.resolver.resolve_with_lora(
@@ -128,3 +130,16 @@ class RouterService:
             base, kind = route.base_model, route.kind
         self.metrics.requests.labels(base, kind, str(code)).inc()
         self.metrics.latency.labels(base, kind).observe(time.monotonic() - started)
+        if code == 200 and route is not None:
+            self.remember_adapter(route)
+
+    def remember_adapter(self, route: Route) -> None:
+        """List a served adapter in its pool's ``recent`` (GET /v1/models), if it is public.
+
+        A gated or private route was resolved with one caller's token: naming it to every
+        caller would reveal what that caller can read, so it is never listed."""
+        if route.adapter is None or route.needs_token or self.recent_adapters == 0:
+            return
+        pool = self.registry.get(route.base_model)
+        if pool is not None:
+            pool.note_adapter(route.adapter.repo_id, self.recent_adapters)

@@ -152,6 +152,27 @@ class RouterSettings(EdgeSettings):
         "id with its address once at INFO.",
     )
 
+    # --- the browser playground --------------------------------------------------------------
+    playground: bool = Field(
+        True,
+        description="Serve the playground at GET /: a page (HTML, script and style shipped in "
+        "the package; no CDN, no build, works offline) with a form over the public API — "
+        "pick a base and a LoRA, generate, see the image and the switch/compute/queue "
+        "timings. On in embedded mode (`loraplex up`). False: GET / answers 404. With the Helm "
+        "chart set the value router.playground (default true). The page holds no secret and "
+        "can do nothing a client of the API cannot.",
+    )
+    recent_adapters: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="Per pool, how many LoRA ids GET /v1/models lists in `adapters` (newest "
+        "first), for the playground's picker: adapters this router served an image of, plus "
+        "in embedded mode (models_dir) the folder's open LoRAs at start. Public repos only: a "
+        "gated or private adapter (resolved with a caller's token) is never listed. Kept in "
+        "memory per router replica; 0: none listed.",
+    )
+
     @field_validator("worker_secret", mode="before")
     @classmethod
     def _empty_secret_is_none(cls, value: object) -> object:

@@ -13,7 +13,10 @@ Two apps on two ports of one process (``loraplex worker`` serves both, see
   ``/readyz`` and ``/metrics`` of that same runtime, with no secret, so kubelet probes and
   Prometheus never need (or get) a way into generation.
 
-Endpoints are described in :mod:`loraplex.shared.contract`.
+Endpoints are described in :mod:`loraplex.shared.contract`. ``/readyz`` answers the load's
+state as :class:`~loraplex.shared.contract.Readiness` (starting, downloading with byte counts,
+loading, warming_up, ready, failed with the reason; :mod:`loraplex.worker.progress`): 200 once
+ready, else 503 with ``error`` as every 503 has.
 
 If the base cannot be loaded, ``/healthz`` answers 503 with the reason (as does ``/readyz``), so
 Kubernetes' liveness probe restarts the pod with backoff instead of leaving it unready forever.
@@ -28,17 +31,26 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from loraplex.worker.auth import RouterOnly
 from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.pipeline import Engine, Generated
+from loraplex.worker.progress import LoadProgress
 from loraplex.worker.queue import Cancelled, CancelReason, CancelToken, DeviceExecutor
 from loraplex.worker.settings import WorkerSettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from loraplex.shared.contract import GenerateRequest, Headers, WorkerState, bearer_token
+from loraplex.shared.contract import (
+    GenerateRequest,
+    Headers,
+    LoadState,
+    Readiness,
+    WorkerState,
+    bearer_token,
+)
 from loraplex.shared.edge import install_edge_guards
 from loraplex.shared.errors import BadRequest, DeadlineExceeded, LoraplexError, WarmingUp
 from loraplex.shared.http_errors import error_response, install_handlers, status_of
@@ -74,6 +86,7 @@ class WorkerRuntime:
     executor: DeviceExecutor | None = None
     ready: bool = False
     load_error: str | None = None
+    progress: LoadProgress = field(default_factory=LoadProgress)  # what /readyz says
 
     def run(self, job: Job, cancel: CancelToken) -> Outcome:
         """Device thread: one generation, with its metrics; stops once ``cancel`` is set."""
@@ -121,28 +134,32 @@ async def _warm(runtime: WorkerRuntime, factory: EngineFactory) -> None:
     started = time.perf_counter()
     try:
         engine = await asyncio.to_thread(factory, runtime.settings)
+        runtime.progress.warming_up()
         await asyncio.to_thread(engine.warm_up)
     except Exception as exc:  # any failure: reported by /healthz (503) so the pod restarts
         runtime.load_error = f"loading base {runtime.settings.base_model} failed: {exc!r}"
+        runtime.progress.failed(runtime.load_error)
         log.exception("%s", runtime.load_error)
         return
     runtime.engine = engine
     runtime.ready = True
+    runtime.progress.ready()
     log.info("worker ready in %.1f s", time.perf_counter() - started)
 
 
 def create_app(settings: WorkerSettings, *, engine_factory: EngineFactory | None = None) -> FastAPI:
-    """The worker's API app; ``engine_factory`` defaults to loading the base from the Hub.
+    """The worker's API app; ``engine_factory`` defaults to loading the base from the Hub
+    (reporting the download and load to ``/readyz``; another factory's load shows as starting).
 
     Raises ValueError when the settings would expose it without a secret (off loopback)."""
     problem = settings.exposure_problem()
     if problem is not None:
         raise ValueError(problem)
-    factory = engine_factory or Engine.load
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = WorkerRuntime(settings, WorkerMetrics(settings.base_model))
+        factory = engine_factory or partial(Engine.load, progress=runtime.progress)
         runtime.executor = DeviceExecutor(
             runtime.run,
             capacity=settings.queue_capacity,
@@ -220,6 +237,7 @@ def _routes(app: FastAPI) -> None:
 
 
 STARTING = "starting: the worker's runtime is not built yet"
+WARMING = "warming up: the base model is not loaded yet"
 
 
 def _ops_routes(ops: FastAPI, api: FastAPI) -> None:
@@ -237,11 +255,14 @@ def _ops_routes(ops: FastAPI, api: FastAPI) -> None:
     @ops.get("/readyz")
     async def readyz() -> JSONResponse:
         runtime = runtime_of()
-        if runtime is None or not runtime.ready:
-            reason = runtime.load_error if runtime else STARTING
-            reason = reason or "warming up: the base model is not loaded yet"
-            return JSONResponse({"error": reason}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        if runtime is None:
+            return _not_ready(Readiness(state=LoadState.STARTING), STARTING)
+        readiness = runtime.progress.snapshot()
+        if not runtime.ready:
+            return _not_ready(readiness, runtime.load_error or WARMING)
+        return JSONResponse(
+            {"status": "ready", **readiness.model_dump(mode="json", exclude_none=True)}
+        )
 
     @ops.get("/metrics")
     async def metrics() -> Response:
@@ -250,6 +271,12 @@ def _ops_routes(ops: FastAPI, api: FastAPI) -> None:
             return JSONResponse({"error": STARTING}, status_code=503)
         runtime.refresh_gauges()
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _not_ready(readiness: Readiness, error: str) -> JSONResponse:
+    """503 with the load's state, and ``error`` as on every 503."""
+    body = readiness.model_dump(mode="json", exclude_none=True)
+    return JSONResponse({**body, "error": error}, status_code=503)
 
 
 def deadline_budget_s(header: str | None) -> float | None:

@@ -25,13 +25,23 @@ revoked token works at most that long; noes are not cached. Public repos cost no
 Hub is down, restricted adapters without a fresh yes fail closed (502); public ones still serve.
 A repo made private after its commit was loaded as public keeps serving that (public) commit
 until it is listed again (a restart, or a branch resolution).
+
+Progress: the base download reports its bytes to a :class:`~loraplex.worker.progress.LoadProgress`
+(``/readyz``) through huggingface_hub's ``tqdm_class`` (:mod:`loraplex.worker.hub_bars`; nothing
+is printed), its total from the Hub's listing (file sizes; files already in the cache count as
+downloaded). Downloads over 50 MiB log their progress and rate
+(:class:`~loraplex.worker.progress.DownloadLog`: about ten lines per file): adapters at INFO;
+the base at INFO too unless stderr is a terminal (DEBUG then: whoever watches it has
+``/readyz``, and ``loraplex up`` draws its own progress lines there).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import re
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +49,7 @@ from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import (
     HfApi,
@@ -56,7 +67,11 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.hf_api import RepoSibling
+from huggingface_hub.utils import filter_repo_objects
 from loraplex.worker.adapters import AdapterKey, DiskEntry, choose_weight_file, disk_evictions
+from loraplex.worker.hub_bars import BarSink, counting_bars
+from loraplex.worker.progress import LOGGED_DOWNLOAD_BYTES, DownloadLog, LoadProgress
 
 from loraplex.shared.contract import AdapterRef
 from loraplex.shared.errors import (
@@ -79,6 +94,8 @@ BASE_MODEL_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
 # Bounds of the per-token memories (entries, LRU): one entry is ~200 bytes, so ~2 MB each.
 MAX_BRANCH_MEMOS = 10_000
 MAX_ACCESS_GRANTS = 10_000
+# Older huggingface_hub releases count a single file's bytes only through their own bars.
+FILE_DOWNLOAD_TAKES_BARS = "tqdm_class" in inspect.signature(hf_hub_download).parameters
 
 
 def token_digest(token: str | None) -> str | None:
@@ -230,6 +247,11 @@ class HubFetcher:
 
     def download(self, weight: WeightFile, token: str | None) -> Path:
         token = token or get_token()
+        progress_log = _download_log(f"adapter {weight.key}", weight.size or 0)
+        progress_log = progress_log if FILE_DOWNLOAD_TAKES_BARS else None
+        bars: dict[str, Any] = {}
+        if progress_log is not None:
+            bars["tqdm_class"] = counting_bars(_sink(progress_log))
         with hub_errors(f"adapter {weight.key}", token):
             path = Path(
                 hf_hub_download(
@@ -238,8 +260,11 @@ class HubFetcher:
                     revision=weight.key.commit,
                     cache_dir=self.cache_dir,
                     token=token,
+                    **bars,
                 )
             )
+        if progress_log is not None:
+            log.info("%s", progress_log.finished())
         self._check_size(weight, path.stat().st_size)
         self._used[weight.key] = time.time()
         return path
@@ -260,19 +285,78 @@ class HubFetcher:
                 self._used.pop(entry.key, None)
         return [e.key for e in evict]
 
-    def snapshot(self, repo_id: str, revision: str, token: str | None) -> tuple[Path, str]:
-        """Download a base pipeline (safetensors and configs only); returns (folder, commit)."""
+    def snapshot(
+        self,
+        repo_id: str,
+        revision: str,
+        token: str | None,
+        progress: LoadProgress | None = None,
+    ) -> tuple[Path, str]:
+        """Download a base pipeline (safetensors and configs only); returns (folder, commit).
+
+        ``progress`` turns ``downloading`` and follows the bytes (see the module docstring)."""
         token = token or get_token()
+        progress = progress or LoadProgress()
         with hub_errors(f"base model {repo_id}@{revision}", token):
-            commit = HfApi(token=token).model_info(repo_id, revision=revision).sha or revision
+            info = HfApi(token=token).model_info(repo_id, revision=revision, files_metadata=True)
+            commit = info.sha or revision
+            total, cached = self._base_sizes(repo_id, commit, info.siblings or [])
+            progress.downloading(total, cached)
+            base_log = _download_log(f"base {repo_id}", total - cached)
             folder = snapshot_download(
                 repo_id,
                 revision=commit,
                 cache_dir=self.cache_dir,
                 token=token,
                 allow_patterns=BASE_MODEL_PATTERNS,
+                tqdm_class=counting_bars(_sink(base_log, progress.report, _base_level())),
             )
+        if base_log is not None:
+            log.log(_base_level(), "%s", base_log.finished())
         return Path(folder), commit
+
+    def _base_sizes(
+        self, repo_id: str, commit: str, siblings: list[RepoSibling]
+    ) -> tuple[int, int]:
+        """(bytes of the base files :meth:`snapshot` fetches, bytes of those already cached);
+        files the listing gives no size count 0."""
+        total = cached = 0
+        picked = filter_repo_objects(
+            siblings, allow_patterns=BASE_MODEL_PATTERNS, key=lambda s: s.rfilename
+        )
+        for sibling in picked:
+            size = sibling.size or 0
+            total += size
+            found = try_to_load_from_cache(
+                repo_id, sibling.rfilename, cache_dir=self.cache_dir, revision=commit
+            )
+            cached += size if isinstance(found, str) else 0
+        return total, cached
+
+
+def _download_log(what: str, size: int) -> DownloadLog | None:
+    """A progress log for a download of ``size`` bytes, if it is big enough to need one."""
+    return DownloadLog(what, size) if size > LOGGED_DOWNLOAD_BYTES else None
+
+
+def _sink(
+    progress_log: DownloadLog | None, also: BarSink | None = None, level: int = logging.INFO
+) -> BarSink:
+    """Where the bars of one download report: ``also`` (a :class:`LoadProgress`), and the log
+    lines ``progress_log`` asks for (at ``level``)."""
+
+    def report(bar: Hashable, done: int, total: int | None) -> None:
+        if also is not None:
+            also(bar, done, total)
+        if progress_log is not None and (line := progress_log.report(bar, done, total)):
+            log.log(level, "%s", line)
+
+    return report
+
+
+def _base_level() -> int:
+    """The base download's progress lines: DEBUG on a terminal (see the module docstring)."""
+    return logging.DEBUG if sys.stderr.isatty() else logging.INFO
 
 
 @contextmanager

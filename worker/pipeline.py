@@ -41,6 +41,7 @@ from diffusers import DiffusionPipeline
 from loraplex.worker.adapters import AdapterCache, AdapterKey
 from loraplex.worker.convert import convert
 from loraplex.worker.fetch import HubFetcher
+from loraplex.worker.progress import LoadProgress
 from loraplex.worker.queue import Cancelled, CancelToken
 from loraplex.worker.settings import WorkerSettings
 from loraplex.worker.slot import LoraSlot, SlotLayout
@@ -143,15 +144,24 @@ class Engine:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, settings: WorkerSettings, token: str | None = None) -> Engine:
-        """Download (through huggingface_hub) and load the base pipeline onto the device."""
+    def load(
+        cls,
+        settings: WorkerSettings,
+        token: str | None = None,
+        progress: LoadProgress | None = None,
+    ) -> Engine:
+        """Download (through huggingface_hub) and load the base pipeline onto the device;
+        ``progress`` goes through downloading (with byte counts) and loading."""
         fetcher = HubFetcher(
             cache_dir=settings.cache_dir,
             max_adapter_bytes=settings.max_adapter_bytes,
             branch_ttl_s=settings.branch_ttl_seconds,
             access_ttl_s=settings.access_ttl_seconds,
         )
-        folder, commit = fetcher.snapshot(settings.base_model, settings.base_revision, token)
+        progress = progress or LoadProgress()
+        base, revision = settings.base_model, settings.base_revision
+        folder, commit = fetcher.snapshot(base, revision, token, progress)
+        progress.loading()
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
         pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True)

@@ -4,6 +4,10 @@ Why hand-written rather than supervisord/honcho: we need three things those do n
 library — restart with backoff while the others keep serving, readiness by HTTP probe before we
 print the URL, and children that die with us even on SIGKILL (``PR_SET_PDEATHSIG`` on Linux).
 
+The readiness probe keeps each child's latest answer (:attr:`Child.probe`: status and JSON
+body) so the caller can show what a child reports while it starts (``loraplex up`` renders
+the workers' load states from it).
+
 Children run in our process group and get ``PR_SET_PDEATHSIG=SIGTERM``; :meth:`Supervisor.stop`
 sends SIGTERM to each, waits ``stop_timeout_s``, then SIGKILLs what is left, so Ctrl-C leaves
 no process behind.
@@ -48,10 +52,19 @@ class ChildSpec:
     url: str | None = None
 
 
+@dataclass(frozen=True)
+class ProbeAnswer:
+    """One answer of a child's readiness URL: its status and its body if it was JSON."""
+
+    status_code: int
+    body: object = None
+
+
 @dataclass
 class Child:
     spec: ChildSpec
     process: asyncio.subprocess.Process | None = None
+    probe: ProbeAnswer | None = None  # the latest answer of this process; None: none yet
     restarts: int = 0
     started_at: float = 0.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -99,6 +112,7 @@ class Supervisor:
     async def _spawn(self, child: Child) -> asyncio.subprocess.Process:
         env = {**os.environ, **child.spec.env}
         child.ready.clear()
+        child.probe = None
         child.started_at = time.monotonic()
         process = await asyncio.create_subprocess_exec(
             *child.spec.argv, env=env, preexec_fn=_die_with_parent
@@ -147,6 +161,7 @@ class Supervisor:
             while True:
                 with contextlib.suppress(httpx.TransportError):
                     answer = await client.get(child.spec.ready_url)
+                    child.probe = ProbeAnswer(answer.status_code, _json_or_none(answer))
                     alive = child.process is not None and child.process.returncode is None
                     if answer.status_code == 200 and alive:
                         child.ready.set()
@@ -190,3 +205,10 @@ class Supervisor:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _json_or_none(answer: httpx.Response) -> object:
+    try:
+        return answer.json()
+    except ValueError:  # not JSON (json.JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        return None

@@ -21,6 +21,12 @@ The same router and worker code as on Kubernetes, wired together by a process su
 On a CPU-only machine every worker gets ``cores / workers`` torch threads
 (``OMP_NUM_THREADS``, unless set), so N workers do not thrash each other's caches.
 
+While the pools start, each pool's state is shown on stderr, one line per pool
+(:mod:`loraplex.embedded.console`, from the workers' ``/readyz``: downloading with bytes and
+rate, loading, warming up, ready, failed with the reason); a failed pool stops ``loraplex up``
+at once. Once everything is ready the banner (stdout) gives the playground URL and copy-paste
+requests.
+
 Worker processes that die are restarted (:mod:`loraplex.embedded.supervise`); meanwhile the router
 retries on the other replicas. SIGINT/SIGTERM stop every child; children also die with us on
 SIGKILL (``PR_SET_PDEATHSIG``). Worker settings not given as flags come from the usual
@@ -44,10 +50,12 @@ from pathlib import Path
 
 import uvicorn
 
-from loraplex.embedded.supervise import ChildSpec, Supervisor
+from loraplex.embedded.console import ConsoleView, pool_view, readiness_of
+from loraplex.embedded.supervise import Child, ChildFailed, ChildSpec, Supervisor
 from loraplex.localhub.server import HubState, RepoStore, create_hub_app
 from loraplex.router.cards import read_local_card
 from loraplex.router.resolve import ModelCard, classify
+from loraplex.shared.contract import LoadState, Readiness
 from loraplex.shared.edge_policy import embedded_allowed_hosts
 from loraplex.shared.errors import BadRequest, NotServable
 from loraplex.shared.ids import validate_model_id
@@ -59,6 +67,7 @@ log = logging.getLogger("loraplex.up")
 LOCAL_HUB_CACHE = Path.home() / ".cache" / "loraplex" / "local-hub"
 LOCAL_HUB_TOKEN_ENV = "LORAPLEX_LOCAL_HUB_TOKEN"  # opens DIR's gated/private repos (see above)
 READY_TIMEOUT_S = 600.0  # first start on a real Hub downloads gigabytes; the demo takes seconds
+PROGRESS_INTERVAL_S = 0.5  # how often the pools' lines are refreshed while they start
 
 
 @dataclass(frozen=True)
@@ -190,20 +199,22 @@ def router_spec(
 
 
 def usage_lines(url: str, base: str, lora: str | None) -> list[str]:
-    """What we print once ready: the URL and copy-paste requests."""
+    """What we print once ready: the playground's URL first, then copy-paste requests."""
+    body = '-d \'{"inputs": "a red fox"}\''
     lines = [
-        f"loraplex is serving on {url}",
-        f'  base:  curl -s {url}/models/{base} -d \'{{"inputs": "a red fox"}}\' -o base.png',
+        f"loraplex is serving on {url}/  (open it in a browser: the playground)",
+        f"  base:  curl -s {url}/models/{base} {body} -o base.png",
     ]
     if lora:
-        lines.append(
-            f'  LoRA:  curl -s {url}/models/{lora} -d \'{{"inputs": "a red fox"}}\' -o lora.png'
-        )
-        lines.append(
-            f"  seed's form: curl -s -H 'lora: {lora}' {url}/models/{base} "
-            '-d \'{"inputs": "a red fox"}\' -o lora2.png'
-        )
-    lines.append(f"  metrics: {url}/metrics   models: {url}/v1/models   (Ctrl-C stops)")
+        lines.append(f"  LoRA:  curl -s {url}/models/{lora} {body} -o lora.png")
+        seed_form = f"curl -s -H 'lora: {lora}' {url}/models/{base} {body} -o lora2.png"
+        lines.append(f"  seed's form: {seed_form}")
+    client = f'InferenceClient(base_url="{url}/models/{lora or base}")'
+    lines += [
+        "  Python: from huggingface_hub import InferenceClient",
+        f'          {client}.text_to_image("a red fox").save("fox.png")',
+        f"  metrics: {url}/metrics   models: {url}/v1/models   (Ctrl-C stops)",
+    ]
     return lines
 
 
@@ -378,16 +389,15 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await supervisor.start()
-    ready = asyncio.create_task(supervisor.wait_ready(READY_TIMEOUT_S))
+    ready = asyncio.create_task(until_ready(supervisor, workers, console_view(args)))
     stopped = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             return 0  # stopped while starting
-        failure = ready.exception()
+        failure = ready.result()
         if failure is not None:
-            why = str(failure) or f"not ready after {READY_TIMEOUT_S:.0f} s"
-            log.error("%s; stopping", why)
+            log.error("%s; stopping", failure)
             return 1
         for line in usage_lines(
             f"http://{url_host(args.host)}:{args.port}", bases[0], example_lora
@@ -401,3 +411,71 @@ async def serve(
         await asyncio.gather(ready, stopped, return_exceptions=True)
         log.info("stopping %d processes", len(supervisor.children))
         await supervisor.stop()
+
+
+def console_view(args: argparse.Namespace) -> ConsoleView:
+    """The pools' lines on stderr: in place on a terminal; as log records with ``--log-json``
+    (a JSON log stays one object per line)."""
+    if args.log_json:
+        return ConsoleView(_log_lines, tty=False)
+    return ConsoleView(_to_stderr, tty=sys.stderr.isatty())
+
+
+def _to_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _log_lines(text: str) -> None:
+    for line in text.splitlines():
+        log.info("%s", line)
+
+
+def child_readiness(child: Child) -> Readiness:
+    """What ``child`` last said on its ``/readyz`` (given up: failed, with why)."""
+    if child.gave_up:
+        return Readiness(state=LoadState.FAILED, reason=child.gave_up)
+    probe = child.probe
+    if probe is None:
+        return Readiness(state=LoadState.STARTING)
+    return readiness_of(probe.status_code, probe.body)
+
+
+async def show_progress(
+    supervisor: Supervisor, workers: dict[str, list[ChildSpec]], view: ConsoleView
+) -> str | None:
+    """Render every pool until all are ready (None) or one failed (its reason)."""
+    while True:
+        pools = {
+            base: pool_view([child_readiness(supervisor.children[s.name]) for s in specs])
+            for base, specs in workers.items()
+        }
+        view.update(pools)
+        failed = [v.reason for v in pools.values() if v.state is LoadState.FAILED]
+        if failed:
+            return failed[0]
+        if all(v.state is LoadState.READY for v in pools.values()):
+            return None
+        await asyncio.sleep(PROGRESS_INTERVAL_S)  # the console's refresh, not a race workaround
+
+
+async def until_ready(
+    supervisor: Supervisor, workers: dict[str, list[ChildSpec]], view: ConsoleView
+) -> str | None:
+    """Show the pools until every child (router too) is ready: None; else why not (a pool
+    failed, a child gave up, :data:`READY_TIMEOUT_S` passed)."""
+    watch = asyncio.create_task(show_progress(supervisor, workers, view))
+    waiting = asyncio.create_task(supervisor.wait_ready(READY_TIMEOUT_S))
+    try:
+        done, _ = await asyncio.wait({watch, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if watch in done and watch.result() is not None:
+            return watch.result()
+        try:
+            await waiting
+        except (ChildFailed, TimeoutError) as exc:
+            return str(exc) or f"not ready after {READY_TIMEOUT_S:.0f} s"
+        return await watch  # the pools' last lines (ready) come before the banner
+    finally:
+        for task in (watch, waiting):
+            task.cancel()
+        await asyncio.gather(watch, waiting, return_exceptions=True)

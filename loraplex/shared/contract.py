@@ -13,7 +13,8 @@ Both are for the router only: it sends the worker secret in :attr:`Headers.WORKE
 (missing: 401, wrong: 403; see ``loraplex.worker.auth``). On a separate port (the worker's
 ``metrics_port``), open to probes and scrapers and without the secret:
 
-* ``GET /healthz`` (liveness), ``GET /readyz`` (200 only once the base is warm), ``GET /metrics``.
+* ``GET /healthz`` (liveness), ``GET /readyz`` (200 only once the base is warm; the body is
+  :class:`Readiness` either way), ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -208,6 +209,30 @@ class WorkerState(BaseModel):
     resident_adapters: list[str] = Field(default_factory=list)
     host_cached_adapters: list[str] = Field(default_factory=list)
     free_slots: int = Field(ge=0)  # resident cache entries still free
+
+
+class LoadState(StrEnum):
+    """Where a worker is on its way to serving: forward only; ``failed`` ends it (the pod
+    restarts through its liveness probe, ``loraplex up`` stops)."""
+
+    STARTING = "starting"  # the process is up, the load has not begun
+    DOWNLOADING = "downloading"  # the base's files come from the Hub into the HF cache
+    LOADING = "loading"  # the pipeline is read from the cache onto the device
+    WARMING_UP = "warming_up"  # one small generation, so the first request is not the slow one
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Readiness(BaseModel):
+    """Body of the worker's ``GET /readyz`` (metrics port): 200 when ``state`` is ready, else
+    503. Byte counts are of the base's files (those already in the cache count as
+    downloaded); ``total_bytes`` is 0 until the file sizes are known. ``reason`` says why it
+    failed. A 503 also carries ``error`` (the error body every 503 has)."""
+
+    state: LoadState
+    downloaded_bytes: int = Field(default=0, ge=0)
+    total_bytes: int = Field(default=0, ge=0)
+    reason: str | None = None
 
 
 class ErrorBody(BaseModel):

@@ -140,9 +140,22 @@ def hf_image(stack: Stack, model_id: str, **overrides: object) -> np.ndarray:
 
 
 def test_ready_banner_prints_copy_paste_requests(stack: Stack) -> None:
-    banner = "".join(stack.output)
+    output = "".join(stack.output)
+    banner = output[output.index("loraplex is serving on") :]
+    assert banner.startswith(f"loraplex is serving on {stack.url}/ ")  # the playground first
     assert f"curl -s {stack.url}/models/{TINY_SD}" in banner
     assert "-H 'lora: " in banner
+    assert f'InferenceClient(base_url="{stack.url}/models/' in banner
+
+
+def test_the_pools_state_lines_come_before_the_banner(stack: Stack) -> None:
+    """Not a terminal: one plain line per state change of the pool (both replicas), ending
+    with ready."""
+    before = "".join(stack.output).split("loraplex is serving on")[0]
+    states = [line for line in before.splitlines() if line.startswith(f"{TINY_SD}  ")]
+    assert states, before[-2000:]
+    assert states[-1] == f"{TINY_SD}  ready (2 replicas)", states
+    assert len(states) <= 8, states  # a tiny model: a few lines, not a progress stream
 
 
 def test_inference_client_base_and_every_lora(stack: Stack, demo_models: DemoModels) -> None:

@@ -12,6 +12,8 @@ import pytest
 from loraplex.router.cards import LocalCardSource
 from loraplex.router.resolve import classify
 
+from loraplex.embedded.console import ConsoleView
+from loraplex.embedded.supervise import ProbeAnswer, Supervisor
 from loraplex.embedded.up import (
     build_parser,
     check_args,
@@ -19,6 +21,7 @@ from loraplex.embedded.up import (
     child_env,
     main,
     scan_models_dir,
+    show_progress,
     url_host,
     usage_lines,
     worker_specs,
@@ -98,8 +101,13 @@ async def test_scan_lists_exactly_what_the_router_routes_as_a_lora(tmp_path: Pat
 
 
 def test_banner_has_copy_paste_requests() -> None:
-    lines = "\n".join(usage_lines("http://127.0.0.1:8080", "org/base", "org/lora"))
+    banner = usage_lines("http://127.0.0.1:8080", "org/base", "org/lora")
+    assert banner[0].startswith("loraplex is serving on http://127.0.0.1:8080/ ")  # playground
+    assert "playground" in banner[0]
+    lines = "\n".join(banner)
     assert "curl -s http://127.0.0.1:8080/models/org/base -d" in lines
+    assert "from huggingface_hub import InferenceClient" in lines
+    assert 'InferenceClient(base_url="http://127.0.0.1:8080/models/org/lora")' in lines
     assert "curl -s http://127.0.0.1:8080/models/org/lora -d" in lines
     assert "-H 'lora: org/lora' http://127.0.0.1:8080/models/org/base" in lines
     assert "lora" not in "\n".join(usage_lines("http://h:1", "org/base", None)).replace(
@@ -120,6 +128,22 @@ def test_worker_specs_one_process_per_replica_with_shared_cpu_threads() -> None:
     argv = list(first.argv)
     assert first.url.endswith(":" + argv[argv.index("--port") + 1])
     assert first.ready_url.endswith(":" + argv[argv.index("--metrics-port") + 1] + "/readyz")
+
+
+async def test_pool_lines_until_ready_and_a_failed_pool_ends_the_wait() -> None:
+    """The console loop over the workers' latest /readyz answers (no process started)."""
+    specs = worker_specs(["org/a", "org/b"], 1, {})
+    supervisor = Supervisor([spec for group in specs.values() for spec in group])
+    a, b = (supervisor.children[specs[base][0].name] for base in ("org/a", "org/b"))
+    out: list[str] = []
+    view = ConsoleView(out.append, tty=False)
+    a.probe = ProbeAnswer(200, {"status": "ready", "state": "ready"})
+    b.probe = ProbeAnswer(503, {"state": "failed", "reason": "no such base", "error": "x"})
+    assert await show_progress(supervisor, specs, view) == "no such base"
+    assert out == ["org/a  ready\n", "org/b  failed: no such base\n"]
+    b.probe = ProbeAnswer(200, {"status": "ready"})
+    assert await show_progress(supervisor, specs, view) is None
+    assert out[-1] == "org/b  ready\n"
 
 
 def test_every_run_gives_router_and_workers_a_fresh_shared_secret() -> None:

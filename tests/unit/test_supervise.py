@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from loraplex.embedded.supervise import ChildFailed, ChildSpec, Supervisor
+from loraplex.embedded.supervise import ChildFailed, ChildSpec, ProbeAnswer, Supervisor
 from loraplex.embedded.up import free_port
 
 SERVE_READY = (
@@ -54,6 +54,7 @@ async def test_ready_children_are_restarted_and_stopped() -> None:
     try:
         await supervisor.wait_ready(30)
         child = supervisor.children["server"]
+        assert child.probe == ProbeAnswer(200, None)  # the latest answer, kept for the console
         first = child.process
         assert first is not None
         first.kill()

@@ -110,6 +110,7 @@ def test_all_on_renders_every_optional_object(rendered_all_on: list[Manifest]) -
         ("router.resources=null", "resources"),
         ("ingress.path=nope", "path"),
         ("operator.typo=1", "typo"),
+        ("router.playground=maybe", "playground"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm_bin, flag: str, message: str) -> None:
@@ -352,6 +353,17 @@ def test_router_env_names_are_router_settings(rendered: list[Manifest]) -> None:
     settings = RouterSettings(**{n: env[prefix + n.upper()] for n in names})
     assert settings.pool_source == "kubernetes"
     assert settings.port == container["ports"][0]["containerPort"]
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_router_playground_value_sets_the_setting(helm_bin, on: bool) -> None:
+    from loraplex.router.settings import RouterSettings
+
+    docs = load_all(helm_template(helm_bin, "--set", f"router.playground={str(on).lower()}"))
+    pod = one(docs, "Deployment", "lp-loraplex-router")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert RouterSettings(playground=env["LORAPLEX_ROUTER_PLAYGROUND"]).playground is on
 
 
 def test_operator_env_names_are_operator_settings(rendered: list[Manifest]) -> None:

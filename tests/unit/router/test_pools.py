@@ -1,4 +1,5 @@
-"""Pool state: endpoints, readiness, the router's queue-depth estimate, waiting for a replica."""
+"""Pool state: endpoints, readiness, the router's queue-depth estimate, waiting for a replica,
+the recent-adapter list."""
 
 from __future__ import annotations
 
@@ -70,3 +71,14 @@ async def test_wait_ready_wakes_when_a_replica_turns_ready() -> None:
     pool.replicas["http://a"].observe_state(state())
     pool.refresh()
     assert await waiter
+
+
+def test_recent_adapters_newest_first_bounded_and_deduplicated() -> None:
+    pool = Pool("org/base")
+    for repo in ("u/a", "u/b", "u/c", "u/a"):
+        pool.note_adapter(repo, keep=3)
+    assert pool.recent_adapters() == ["u/a", "u/c", "u/b"]
+    pool.note_adapter("u/d", keep=3)
+    assert pool.recent_adapters() == ["u/d", "u/a", "u/c"]
+    pool.note_adapter("u/e", keep=0)
+    assert pool.recent_adapters() == []
