@@ -11,6 +11,7 @@ once — the Hugging Face Inference API's ``options.wait_for_model``.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from loraplex.router.metrics import NO_BASE, RouterMetrics
 from loraplex.router.pools import Pool, PoolRegistry
 from loraplex.router.resolve import Resolver, Route
 
-from loraplex.shared.contract import GenerateRequest, GenerationParameters, ImageFormat
+from loraplex.shared.contract import GenerateRequest, GenerationParameters, ImageFormat, Limits
 from loraplex.shared.errors import DeadlineExceeded, WarmingUp
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; only ever in metrics
@@ -78,7 +79,7 @@ class RouterService:
             prompt=call.prompt,
             adapter=route.adapter,
             output_format=call.output_format,
-            **call.parameters.model_dump(exclude_none=True),
+            **with_seed(call.parameters).model_dump(exclude_none=True),
         )
         inflight = self.metrics.inflight.labels(route.base_model)
         inflight.inc()
@@ -143,3 +144,12 @@ class RouterService:
         pool = self.registry.get(route.base_model)
         if pool is not None:
             pool.note_adapter(route.adapter.repo_id, self.recent_adapters)
+
+
+def with_seed(parameters: GenerationParameters) -> GenerationParameters:
+    """``parameters`` with a seed: the caller's, else one drawn here, before the first attempt,
+    so a request retried on another replica (or after a restart) returns the image the first
+    attempt would have, rather than a different random one."""
+    if parameters.seed is not None:
+        return parameters
+    return parameters.model_copy(update={"seed": secrets.randbelow(Limits.MAX_SEED + 1)})

@@ -208,6 +208,10 @@ async def test_lone_replica_failing_once_is_held_for_and_retried(tmp_path: Path)
         async with serve_app(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as c:
             resp = await c.post("/models/u/style", json=prompt(), timeout=10)
             assert resp.status_code == 200 and len(worker.seen) == 2
+    # No seed given: the router drew one before the first try, so the retry asked for the
+    # same image the first try would have returned.
+    first, retried = worker.seen
+    assert first.seed is not None and retried.seed == first.seed
 
 
 async def test_all_replicas_failing_is_502_and_worker_4xx_passes_through(env: Env) -> None:
