@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import uvicorn
+from fixtures.router_stubs import serve_app
 
 from loraplex.shared.edge import uvicorn_edge_options
 from loraplex.shared.settings import ComponentSettings
@@ -84,25 +84,5 @@ async def trickle(url: str, head: bytes, byte: bytes, every_s: float, bound_s: f
 async def serve_with_edge(app: Any, settings: ComponentSettings) -> AsyncIterator[str]:
     """``app`` under uvicorn on 127.0.0.1:0 in this loop with the CLIs' edge options (the
     request-head timeout); yields its base URL."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="on",
-        **uvicorn_edge_options(settings),
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        if not server.started:
-            raise RuntimeError("uvicorn did not start within 5 s")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_app(app, **uvicorn_edge_options(settings)) as url:
+        yield url

@@ -18,9 +18,7 @@ with a public and a gated LoRA (opened by one token), so token paths run too.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from fixtures.router_stubs import serve_app, stub_workers
+from fixtures.router_stubs import RouterThread, serve_app, stub_workers
 from huggingface_hub import HfApi
 from hypothesis import HealthCheck, given, settings
 from loraplex.router.app import create_app
@@ -53,42 +51,6 @@ def _default_body_limit() -> int:
     return int(field.default) if field is not None else 256 * 1024
 
 
-class RouterThread:
-    """Stub workers and the router on loopback, served from a thread with its own loop."""
-
-    def __init__(self, **overrides: Any) -> None:
-        self.overrides = overrides  # RouterSettings fields
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._run(),))
-
-    async def _run(self) -> None:
-        self._stop = asyncio.Event()
-        async with stub_workers(BASE, 2) as workers:
-            config = RouterSettings(
-                static_pools={BASE: [w.url for w in workers]},
-                hold_timeout_s=0.1,
-                **self.overrides,
-            )
-            async with serve_app(create_app(config)) as url:
-                self.url = url
-                self._ready.set()
-                await self._stop.wait()
-
-    def __enter__(self) -> RouterThread:
-        self._thread.start()
-        if not self._ready.wait(20):
-            raise RuntimeError("router thread did not start")
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(20)
-
-
 @pytest.fixture(scope="module")
 def router_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     models = tmp_path_factory.mktemp("fuzz-cards")
@@ -98,7 +60,7 @@ def router_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             f"---\nbase_model: {BASE}\ntags: [lora]\n{extra}---\n"
         )
     (models / ".hub-access.json").write_text(json.dumps({"gated": ["u/gated"]}))
-    with RouterThread(models_dir=models, models_dir_token=TOKEN) as router:
+    with RouterThread(BASE, models_dir=models, models_dir_token=TOKEN) as router:
         yield router.url
 
 

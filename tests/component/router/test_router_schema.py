@@ -8,56 +8,15 @@ Bounded to a few examples per operation to stay within the router's test budget.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis
-from fixtures.router_stubs import serve_app, stub_workers
+from fixtures.router_stubs import RouterThread
 from hypothesis import HealthCheck, given, settings
-from loraplex.router.app import create_app
-from loraplex.router.settings import RouterSettings
 from schemathesis.checks import positive_data_acceptance
 
 BASE = "org/base"
-
-
-class RouterThread:
-    """Stub workers and the router served from a thread, until :meth:`stop`."""
-
-    def __init__(self, models_dir: Path) -> None:
-        self.models_dir = models_dir
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._run(),))
-
-    async def _run(self) -> None:
-        self._stop = asyncio.Event()
-        async with stub_workers(BASE, 2) as workers:
-            config = RouterSettings(
-                static_pools={BASE: [w.url for w in workers]},
-                models_dir=self.models_dir,
-                hold_timeout_s=0.1,
-            )
-            async with serve_app(create_app(config)) as url:
-                self.url = url
-                self._ready.set()
-                await self._stop.wait()
-
-    def start(self) -> RouterThread:
-        self._thread.start()
-        if not self._ready.wait(20):
-            raise RuntimeError("router thread did not start")
-        return self
-
-    def stop(self) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(20)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +26,7 @@ def router_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (models / "u" / "style" / "README.md").write_text(
         "---\nbase_model: org/base\ntags: [lora]\n---\n"
     )
-    router = RouterThread(models).start()
+    router = RouterThread(BASE, models_dir=models).start()
     try:
         yield router.url
     finally:
