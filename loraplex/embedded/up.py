@@ -45,22 +45,20 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
 from loraplex.embedded.console import ConsoleView, pool_view, readiness_of
+from loraplex.embedded.models_dir import LocalRepos, scan_models_dir
 from loraplex.embedded.supervise import Child, ChildFailed, ChildSpec, Supervisor
-from loraplex.localhub.server import HubState, RepoStore, create_hub_app
-from loraplex.router.cards import read_local_card
-from loraplex.router.resolve import ModelCard, classify
+from loraplex.localhub.server import HubState, create_hub_app
+from loraplex.localhub.store import RepoStore
 from loraplex.shared.contract import LoadState, Readiness
 from loraplex.shared.edge_policy import embedded_allowed_hosts
-from loraplex.shared.errors import BadRequest, NotServable
+from loraplex.shared.errors import BadRequest
 from loraplex.shared.ids import validate_model_id
 from loraplex.shared.logs import configure_logging
-from loraplex.shared.repo_access import inside
 
 log = logging.getLogger("loraplex.up")
 
@@ -68,60 +66,6 @@ LOCAL_HUB_CACHE = Path.home() / ".cache" / "loraplex" / "local-hub"
 LOCAL_HUB_TOKEN_ENV = "LORAPLEX_LOCAL_HUB_TOKEN"  # opens DIR's gated/private repos (see above)
 READY_TIMEOUT_S = 600.0  # first start on a real Hub downloads gigabytes; the demo takes seconds
 PROGRESS_INTERVAL_S = 0.5  # how often the pools' lines are refreshed while they start
-
-
-@dataclass(frozen=True)
-class LocalRepos:
-    """What ``DIR`` holds: base-model repos and LoRA repos with the base their card names."""
-
-    bases: tuple[str, ...]
-    loras: dict[str, tuple[str, ...]]  # lora repo id -> base_model ids from its card
-    closed: tuple[str, ...] = ()  # gated or private repos (by .hub-access.json or card)
-
-
-def scan_models_dir(root: Path) -> LocalRepos:
-    """Find Hub-layout repos ``root/<org>/<name>/``: bases have ``model_index.json``; LoRAs
-    are the repos the router routes as adapters (:func:`lora_bases`), listed when open (not
-    gated or private by card or ``.hub-access.json``)."""
-    bases: list[str] = []
-    loras: dict[str, tuple[str, ...]] = {}
-    closed: list[str] = []
-    rules = RepoStore(root).access_rules()
-    for repo_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
-        repo_id = f"{repo_dir.parent.name}/{repo_dir.name}"
-        # A symlink out of DIR is not a repo here, as the local Hub does not serve it.
-        if repo_dir.parent.name.startswith(".") or not inside(root, repo_dir):
-            continue
-        try:
-            validate_model_id(repo_id)
-        except BadRequest as exc:
-            log.warning("skipping %s: %s", repo_dir, exc.message)
-            continue
-        card = read_local_card(repo_dir, repo_id, root=root)
-        if card.gated or repo_id in rules.closed():
-            closed.append(repo_id)
-        if (repo_dir / "model_index.json").is_file():
-            bases.append(repo_id)
-            continue
-        found = lora_bases(card) if repo_id not in closed else ()
-        if found:
-            loras[repo_id] = found
-    return LocalRepos(bases=tuple(bases), loras=loras, closed=tuple(closed))
-
-
-def lora_bases(card: ModelCard) -> tuple[str, ...]:
-    """The bases ``card`` is a LoRA of, as the router decides it; () when it is none.
-
-    The router's own :func:`~loraplex.router.resolve.classify` with every base the card
-    names served: it routes the repo as an adapter exactly when it is a LoRA by the router's
-    rules (card tag, ``base_model_relation``, adapter tags), names a base and is
-    text-to-image. Which of those bases are served is decided later, by the caller.
-    """
-    try:
-        route = classify(card, frozenset(card.base_models))
-    except NotServable:
-        return ()
-    return card.base_models if route.adapter is not None else ()
 
 
 def url_host(host: str) -> str:

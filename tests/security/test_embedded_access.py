@@ -34,11 +34,11 @@ from loraplex.router.resolve import classify
 from loraplex.router.settings import RouterSettings
 from loraplex.worker.fetch import HubFetcher
 
+from loraplex.embedded.models_dir import scan_models_dir
 from loraplex.embedded.up import (
     LOCAL_HUB_TOKEN_ENV,
     free_port,
     local_hub_token,
-    scan_models_dir,
 )
 from loraplex.shared.contract import AdapterRef
 from loraplex.shared.errors import Forbidden, LoraplexError, NotFound, Unauthorized

@@ -26,7 +26,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from loraplex.localhub.server import RepoStore
+from loraplex.localhub.store import RepoStore
 
 TOKEN = "hf_security_test_token"
 SECRET = "TOP SECRET: outside the models folder"

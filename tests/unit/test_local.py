@@ -13,6 +13,7 @@ from loraplex.router.cards import LocalCardSource
 from loraplex.router.resolve import classify
 
 from loraplex.embedded.console import ConsoleView
+from loraplex.embedded.models_dir import scan_models_dir
 from loraplex.embedded.supervise import ProbeAnswer, Supervisor
 from loraplex.embedded.up import (
     build_parser,
@@ -20,7 +21,6 @@ from loraplex.embedded.up import (
     check_port_free,
     child_env,
     main,
-    scan_models_dir,
     show_progress,
     url_host,
     usage_lines,
