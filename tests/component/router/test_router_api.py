@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from aiohttp import web
-from fixtures.router_stubs import StubWorker, serve_app, stub_workers
+from fixtures.router_stubs import StubWorker, serve_app, stub_workers, write_card_repos
 from loraplex.router.app import create_app
 from loraplex.router.settings import RouterSettings
 from PIL import Image
@@ -36,10 +36,7 @@ CARDS = {
 
 
 def write_cards(root: Path) -> Path:
-    for repo, meta in CARDS.items():
-        (root / repo).mkdir(parents=True)
-        (root / repo / "README.md").write_text(f"---\n{meta}\n---\n# {repo}\n")
-    return root
+    return write_card_repos(root, CARDS)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fixtures.router_stubs import serve_app, stub_workers
+from fixtures.router_stubs import serve_app, stub_workers, write_card_repos
 from loraplex.router.app import create_app
 from loraplex.router.playground import CONTENT_SECURITY_POLICY
 from loraplex.router.settings import RouterSettings
@@ -31,9 +31,7 @@ CARDS = {
 
 
 def write_cards(root: Path) -> Path:
-    for repo, meta in CARDS.items():
-        (root / repo).mkdir(parents=True)
-        (root / repo / "README.md").write_text(f"---\n{meta}\n---\n# {repo}\n")
+    write_card_repos(root, CARDS)
     (root / ".hub-access.json").write_text('{"private": ["u/private"]}')
     return root
 

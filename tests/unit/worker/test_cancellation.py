@@ -5,7 +5,9 @@ executor dropping waiting jobs and signalling running ones (clocks injected wher
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 
 import pytest
 from loraplex.worker.queue import (
@@ -85,16 +87,28 @@ class Device:
         return number
 
 
+@contextlib.asynccontextmanager
+async def serving(device: Device, clock: Clock | None = None) -> AsyncIterator[DeviceExecutor]:
+    """An executor over ``device``; on the way out the device is released and the executor
+    stopped, whatever the test left running."""
+    kwargs = {} if clock is None else {"clock": clock}
+    executor = DeviceExecutor(device.run, capacity=4, max_overtake=0, retry_after_s=1, **kwargs)
+    executor.start()
+    try:
+        yield executor
+    finally:
+        device.release.set()
+        await executor.stop()
+
+
 async def test_a_running_job_is_stopped_when_its_client_leaves() -> None:
     device = Device()
-    executor = DeviceExecutor(device.run, capacity=4, max_overtake=0, retry_after_s=1)
-    executor.start()
     gone = asyncio.Event()
 
     async def is_disconnected() -> bool:
         return gone.is_set()
 
-    try:
+    async with serving(device) as executor:
         running = asyncio.create_task(executor.submit(None, 1, is_disconnected))
         await asyncio.to_thread(device.entered.wait, WAIT_S)
         next_job = asyncio.create_task(executor.submit(None, 2, connected))
@@ -104,18 +118,13 @@ async def test_a_running_job_is_stopped_when_its_client_leaves() -> None:
         assert stopped.value.reason is CancelReason.CLIENT_GONE and stopped.value.started
         device.release.set()
         assert await asyncio.wait_for(next_job, WAIT_S) == 2
-    finally:
-        device.release.set()
-        await executor.stop()
     assert device.ran == [1, 2]
 
 
 async def test_a_waiting_job_past_its_deadline_is_dropped_unstarted() -> None:
     clock = Clock()
     device = Device()
-    executor = DeviceExecutor(device.run, capacity=4, max_overtake=0, retry_after_s=1, clock=clock)
-    executor.start()
-    try:
+    async with serving(device, clock) as executor:
         running = asyncio.create_task(executor.submit(None, 1, connected))
         await asyncio.to_thread(device.entered.wait, WAIT_S)
         token = CancelToken.with_budget(1.0, clock)
@@ -132,9 +141,6 @@ async def test_a_waiting_job_past_its_deadline_is_dropped_unstarted() -> None:
             await executor.submit(None, 3, connected, cancel=spent)
         device.release.set()
         assert await running == 1
-    finally:
-        device.release.set()
-        await executor.stop()
     assert device.ran == [1]
 
 
@@ -142,9 +148,7 @@ async def test_the_loop_drops_expired_jobs_before_it_picks_one() -> None:
     """No poll needed: a job whose deadline passed while the device was busy never starts."""
     clock = Clock()
     device = Device()
-    executor = DeviceExecutor(device.run, capacity=4, max_overtake=0, retry_after_s=1, clock=clock)
-    executor.start()
-    try:
+    async with serving(device, clock) as executor:
         running = asyncio.create_task(executor.submit(None, 1, connected))
         await asyncio.to_thread(device.entered.wait, WAIT_S)
         # A deadline only the queue knows of (the waiter's own token has none).
@@ -155,17 +159,12 @@ async def test_the_loop_drops_expired_jobs_before_it_picks_one() -> None:
         assert await running == 1
         with pytest.raises(Cancelled, match="queue"):
             await asyncio.wait_for(job.future, WAIT_S)
-    finally:
-        device.release.set()
-        await executor.stop()
     assert device.ran == [1]
 
 
 async def test_a_cancelled_handler_stops_its_running_job() -> None:
     device = Device()
-    executor = DeviceExecutor(device.run, capacity=4, max_overtake=0, retry_after_s=1)
-    executor.start()
-    try:
+    async with serving(device) as executor:
         token = CancelToken()
         running = asyncio.create_task(executor.submit(None, 1, connected, cancel=token))
         await asyncio.to_thread(device.entered.wait, WAIT_S)
@@ -175,6 +174,3 @@ async def test_a_cancelled_handler_stops_its_running_job() -> None:
         assert token.check() is CancelReason.CLIENT_GONE
         while executor.in_flight:  # the device thread leaves at its next check
             await asyncio.sleep(0.01)
-    finally:
-        device.release.set()
-        await executor.stop()
