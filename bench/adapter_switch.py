@@ -39,13 +39,13 @@ from loraplex.worker.fetch import HubFetcher, WeightFile
 from loraplex.worker.memory import pin_malloc_thresholds
 from loraplex.worker.pipeline import Engine
 from loraplex.worker.settings import WorkerSettings
-from loraplex.worker.slot import DEFAULT_TARGETS, SlotLayout
+from loraplex.worker.slot import SlotLayout
 
 from loraplex.demo.models import tiny_sd_pipeline
 from loraplex.shared.contract import AdapterRef
 
 RANK = 32
-TARGETS = DEFAULT_TARGETS  # the worker's slot targets
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' dreambooth default
 WEIGHT = PREFERRED_WEIGHT_FILE
 MB = 1e6
 
@@ -88,8 +88,8 @@ def write_adapters(pipe, root: Path, count: int) -> list[AdapterRef]:
     from diffusers import StableDiffusionPipeline
 
     shapes = [
-        (m.name, m.in_features, m.out_features)
-        for m in SlotLayout.for_model(pipe.unet, RANK).modules
+        (m.name.removeprefix("unet."), m.in_features, m.out_features)
+        for m in SlotLayout.for_components({"unet": pipe.unet}, RANK, TARGETS).modules
     ]
     gen = torch.Generator().manual_seed(1)
     refs = []
@@ -206,10 +206,9 @@ def measure(root: Path, *, quick: bool) -> tuple[dict[str, float], dict]:
     ms["disk"] = statistics.median(
         timed_once(lambda r=ref: engine.switch_to(r)) for ref in refs[:4]
     )
-    ms["host"], ms["resident"], ms["memcpy"] = interleaved(
-        engine, refs[:4], engine.slot.nbytes, reps_fast
-    )
-    growth, tiers = rss_loop(engine, refs, n_switches, engine.slot.nbytes)
+    nbytes = engine.cache.host.get(engine.fetcher.resolve(refs[0], None)).nbytes
+    ms["host"], ms["resident"], ms["memcpy"] = interleaved(engine, refs[:4], nbytes, reps_fast)
+    growth, tiers = rss_loop(engine, refs, n_switches, nbytes)
     loop = (
         f"{n_switches} switches over {n_adapters} adapters, tiers {tiers}: "
         f"RSS growth {growth:.2f}% after the caches filled"
@@ -241,8 +240,9 @@ def interleaved(
             host_only.host.get(engine.fetcher.resolve(ref, None)),
             nbytes,
         )
-    # The floor: the same bytes copied into the same slot buffer, with no cache or bookkeeping.
-    dst = engine.slot.buffer
+    # The floor: the adapter's own bytes copied into the slot buffer, with no cache or
+    # bookkeeping (the slot holds every module; the adapter only its own).
+    dst = engine.slot.buffer[: nbytes // engine.slot.buffer.element_size()]
     # The host tier's source is pinned on CUDA, so the floor's source is too.
     src = torch.randn(dst.shape, dtype=dst.dtype, pin_memory=DEVICE.type == "cuda")
     samples: dict[str, list[float]] = {"host": [], "resident": [], "memcpy": []}

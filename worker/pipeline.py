@@ -26,13 +26,12 @@ diffusers' model offload hooks, the one thing the skipped ``maybe_free_model_hoo
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +39,29 @@ import torch
 from diffusers import DiffusionPipeline
 from loraplex.worker.adapters import AdapterCache, AdapterKey
 from loraplex.worker.convert import convert
+from loraplex.worker.families import (
+    call_parameters,
+    check_servable,
+    encode,
+    lora_components,
+    native_size,
+)
 from loraplex.worker.fetch import HubFetcher
 from loraplex.worker.progress import LoadProgress
 from loraplex.worker.queue import Cancelled, CancelToken
 from loraplex.worker.settings import WorkerSettings
-from loraplex.worker.slot import LoraSlot, SlotLayout
+from loraplex.worker.slot import ATTENTION_TARGETS, LoraSlot, PackedAdapter, SlotLayout
+from loraplex.worker.slow_tier import SlowTier
 
 from loraplex.shared.contract import (
     AdapterRef,
     GenerateRequest,
-    ImageFormat,
     Limits,
     SwitchTier,
     check_pixel_budget,
 )
-from loraplex.shared.errors import NotServable
 
 log = logging.getLogger(__name__)
-SLOW_ADAPTER_NAME = "loraplex_slow"
 WARMUP_PROMPT = "warm-up"
 
 
@@ -66,6 +70,7 @@ class Switch:
     tier: SwitchTier
     seconds: float
     active: AdapterKey | None
+    slow_reason: str | None = None  # why a slow-tier adapter does not fit the slot
 
 
 @dataclass(frozen=True)
@@ -85,14 +90,6 @@ class CacheSnapshot:
     resident_bytes: int
     host_bytes: int
     free_slots: int
-
-
-@dataclass
-class _Slow:
-    """Adapters known not to fit the slot: their local file and the reason (for logs)."""
-
-    paths: dict[AdapterKey, tuple[Path, str]] = field(default_factory=dict)
-    loaded: AdapterKey | None = None
 
 
 def pick_device(setting: str) -> torch.device:
@@ -122,25 +119,28 @@ class Engine:
         self.pipe = pipe
         self.fetcher = fetcher
         self.base_commit = base_commit
-        if getattr(pipe, "unet", None) is None:
-            raise NotServable(
-                f"base {settings.base_model} ({type(pipe).__name__}) has no UNet; this worker "
-                "serves UNet pipelines (Stable Diffusion 1.x/2.x, SDXL)"
-            )
-        self.unet = pipe.unet
-        self.device = self.unet.device
-        self.dtype = self.unet.dtype
+        check_servable(pipe, settings.base_model)
+        self.components = lora_components(pipe, text_encoders=settings.slot_text_encoders)
+        self.denoiser_name, self.denoiser = next(iter(self.components.items()))
+        self.device = self.denoiser.device
+        self.dtype = self.denoiser.dtype
         self.cuda = self.device.type == "cuda"
-        self.layout = SlotLayout.for_model(self.unet, settings.slot_rank)
-        self.slot = LoraSlot(self.unet, self.layout, dtype=self.dtype)
-        self.cache: AdapterCache[torch.Tensor] = AdapterCache(
+        self._call_parameters = call_parameters(pipe)
+        self.slot = self._install_slot(settings)
+        self.layout = self.slot.layout
+        if settings.compile:
+            # In place (nn.Module.compile): the pipeline keeps calling the same object. The
+            # slot's hooks are traced into the graph; see slot.py for why switches never
+            # recompile.
+            self.denoiser.compile(backend=settings.compile_backend)
+        self.cache: AdapterCache[PackedAdapter] = AdapterCache(
             resident_bytes=settings.resident_cache_bytes,
             resident_slots=settings.max_adapter_slots,
             host_bytes=settings.host_cache_bytes,
             to_device=self._to_device,
         )
         self.active: AdapterKey | None = None
-        self._slow = _Slow()
+        self._slow = SlowTier(pipe)
         self._lock = threading.Lock()
 
     @classmethod
@@ -172,13 +172,36 @@ class Engine:
 
     # ------------------------------------------------------------------ adapters
 
-    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+    def _install_slot(self, settings: WorkerSettings) -> LoraSlot:
+        targets = ATTENTION_TARGETS if settings.slot_modules == "attention" else None
+        layout = SlotLayout.for_components(self.components, settings.slot_rank, targets)
+        modules = {
+            f"{prefix}.{name}": module
+            for prefix, component in self.components.items()
+            for name, module in component.named_modules()
+        }
+        slot = LoraSlot(
+            modules, layout, dtype=self.dtype, device=self.device, static=settings.compile
+        )
+        linear, conv = layout.count()
+        log.info(
+            "LoRA slot: %d Linear + %d Conv2d modules in %s at rank %d: %.1f MB on %s",
+            linear,
+            conv,
+            ", ".join(self.components),
+            layout.rank,
+            slot.nbytes / 1e6,
+            self.device,
+        )
+        return slot
+
+    def _to_device(self, host: PackedAdapter) -> PackedAdapter:
         # On CPU the "device" is host memory: the resident tier shares the host tensor.
-        return host.to(self.device, non_blocking=True) if self.cuda else host
+        return host.to(self.device) if self.cuda else host
 
     @staticmethod
-    def _nbytes(t: torch.Tensor) -> int:
-        return t.numel() * t.element_size()
+    def _nbytes(packed: PackedAdapter) -> int:
+        return packed.nbytes
 
     def switch_to(self, ref: AdapterRef | None, token: str | None = None) -> Switch:
         """Make ``ref`` (or the bare base) active; returns the tier it came from and the time."""
@@ -194,15 +217,15 @@ class Engine:
         if hit is not None:
             self._activate_slot(key, hit.value)
             return Switch(hit.tier, time.perf_counter() - started, key)
-        tier = self._load_new(key, token)
-        return Switch(tier, time.perf_counter() - started, key)
+        tier, reason = self._load_new(key, token)
+        return Switch(tier, time.perf_counter() - started, key, reason)
 
-    def _load_new(self, key: AdapterKey, token: str | None) -> SwitchTier:
-        self._deactivate()  # a slow adapter's peft layers must not be in the UNet we convert for
-        known_slow = self._slow.paths.get(key)
-        if known_slow is not None and known_slow[0].exists():  # disk trimming may delete it
+    def _load_new(self, key: AdapterKey, token: str | None) -> tuple[SwitchTier, str | None]:
+        self._deactivate()  # a slow adapter's peft layers must not be in the model we convert for
+        known_slow = self._slow.known(key)
+        if known_slow is not None:
             self._activate_slow(key, known_slow[0])
-            return SwitchTier.SLOW
+            return SwitchTier.SLOW, known_slow[1]
         weight = self.fetcher.weight_file(key, token)
         path = self.fetcher.cached_path(weight)
         tier = SwitchTier.DISK
@@ -211,20 +234,25 @@ class Engine:
             protected = frozenset({self.settings.base_model, key.repo_id})
             self.fetcher.trim_disk(self.settings.disk_cache_bytes, protected)
         converted = convert(
-            type(self.pipe), path, self.unet, self.layout, dtype=self.dtype, pin_memory=self.cuda
+            type(self.pipe),
+            path,
+            self.components,
+            self.layout,
+            dtype=self.dtype,
+            pin_memory=self.cuda,
         )
-        if converted.flat is None:
+        if converted.packed is None:
             log.info("adapter %s takes the slow path: %s", key, converted.slow_reason)
             self._slow.paths[key] = (path, converted.slow_reason or "")
             self._activate_slow(key, path)
-            return SwitchTier.SLOW
+            return SwitchTier.SLOW, converted.slow_reason
         with self._lock:
-            value = self.cache.admit(key, converted.flat, converted.nbytes)
+            value = self.cache.admit(key, converted.packed, converted.nbytes)
         self._activate_slot(key, value)
-        return tier
+        return tier, None
 
-    def _activate_slot(self, key: AdapterKey, value: torch.Tensor) -> None:
-        self._unload_slow()
+    def _activate_slot(self, key: AdapterKey, value: PackedAdapter) -> None:
+        self._slow.unload()
         self.slot.load(value)
         if self.cuda:  # the copy is async: wait so switch_ms is the copy, not its launch
             torch.cuda.current_stream(self.device).synchronize()
@@ -232,31 +260,12 @@ class Engine:
 
     def _activate_slow(self, key: AdapterKey, path: Path) -> None:
         self._deactivate()
-        # Marked loaded before loading: whatever fails half-way, _deactivate() unloads it.
-        self._slow.loaded = key
-        try:
-            self.pipe.load_lora_weights(
-                str(path.parent),
-                weight_name=path.name,
-                adapter_name=SLOW_ADAPTER_NAME,
-                use_safetensors=True,  # never diffusers' pickle fallback
-            )
-        except Exception as exc:  # noqa: BLE001 - diffusers/peft raise many types on bad files
-            self._unload_slow()  # a half-loaded adapter must not touch base images
-            self._slow.paths.pop(key, None)
-            raise NotServable(
-                f"adapter {key} cannot be loaded on this base: {type(exc).__name__}: {exc}"
-            ) from None
+        self._slow.load(key, path)
         self.active = key
-
-    def _unload_slow(self) -> None:
-        if self._slow.loaded is not None:
-            self.pipe.unload_lora_weights()
-            self._slow.loaded = None
 
     def _deactivate(self) -> None:
         self.slot.deactivate()
-        self._unload_slow()
+        self._slow.unload()
         self.active = None
 
     # ------------------------------------------------------------------ generation
@@ -291,18 +300,20 @@ class Engine:
         settings = self.settings
         guidance = request.guidance_scale
         steps = request.num_inference_steps or settings.num_inference_steps
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "width": request.width or settings.width,
+            "height": request.height or settings.height,
+            "num_inference_steps": steps,
+            "guidance_scale": settings.guidance_scale if guidance is None else guidance,
+            "generator": torch.Generator(device=self.device).manual_seed(seed),
+            "output_type": output_type,
+            "callback_on_step_end": None if cancel is None else _step_watch(cancel),
+        }
+        if request.negative_prompt is not None and "negative_prompt" in self._call_parameters:
+            kwargs["negative_prompt"] = request.negative_prompt
         try:
-            result = self.pipe(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                width=request.width or settings.width,
-                height=request.height or settings.height,
-                num_inference_steps=steps,
-                guidance_scale=settings.guidance_scale if guidance is None else guidance,
-                generator=torch.Generator(device=self.device).manual_seed(seed),
-                output_type=output_type,
-                callback_on_step_end=None if cancel is None else _step_watch(cancel),
-            )
+            result = self.pipe(**kwargs)
         except _Interrupted:
             pass  # raised again below, outside this block: no traceback pins the run's tensors
         else:
@@ -327,16 +338,23 @@ class Engine:
         check_pixel_budget(width, height, note)
 
     def warm_up(self) -> None:
-        """One small generation so kernels are loaded and memory allocated before /readyz."""
-        self.generate(
-            GenerateRequest(
-                prompt=WARMUP_PROMPT,
-                num_inference_steps=self.settings.warmup_steps,
-                width=self.settings.width,
-                height=self.settings.height,
-                seed=0,
-            )
+        """One small generation so kernels are loaded and memory allocated before /readyz;
+        in compiled mode a second one with the (empty) slot on, so both graphs exist before
+        the first request."""
+        request = GenerateRequest(
+            prompt=WARMUP_PROMPT,
+            num_inference_steps=self.settings.warmup_steps,
+            width=self.settings.width,
+            height=self.settings.height,
+            seed=0,
         )
+        self.generate(request)
+        if self.settings.compile:
+            self.slot.activate_empty()
+            try:
+                self.run_pipe(request, output_type="pil")
+            finally:
+                self.slot.deactivate()
 
     def snapshot(self) -> CacheSnapshot:
         with self._lock:
@@ -367,20 +385,3 @@ def _step_watch(cancel: CancelToken) -> Callable[..., dict[str, Any]]:
         return {}  # replace no tensor: the pipeline keeps its own latents
 
     return on_step_end
-
-
-def native_size(pipe: DiffusionPipeline) -> tuple[int, int]:
-    """(width, height) diffusers uses when a UNet pipeline is called without them: the UNet's
-    sample size times the VAE scale (SD-1.5 512, SDXL 1024)."""
-    sample = pipe.unet.config.sample_size
-    height, width = (sample, sample) if isinstance(sample, int) else sample
-    scale = int(getattr(pipe, "vae_scale_factor", 8))
-    return width * scale, height * scale
-
-
-def encode(image: object, fmt: ImageFormat) -> bytes:
-    """PIL image → bytes in the requested format."""
-    buffer = io.BytesIO()
-    pil_format = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt.value]
-    image.save(buffer, format=pil_format)  # type: ignore[attr-defined]
-    return buffer.getvalue()

@@ -83,9 +83,39 @@ class WorkerSettings(ComponentSettings):
         default=64,
         ge=1,
         le=1024,
-        description="Rank of the LoRA slot (default 64). Adapters of rank ≤ this switch by one "
-        "memcpy; higher ranks take the slow diffusers path. Costs rank·(in+out) values per "
-        "attention projection (~100 MB at fp16 for SD-1.5 at 64) and a little compute per step.",
+        description="Rank of the LoRA slot (default 64). Adapters of rank ≤ this switch by a "
+        "copy of their own bytes; higher ranks take the slow diffusers path. The slot costs "
+        "rank·(in+out) values per slot module at the base's dtype: at 64 in fp16, all modules "
+        "(SLOT_MODULES=all) ~395 MB for the SDXL UNet (743 Linear + 51 Conv2d), ~694 MB for "
+        "the Flux.1 transformer, ~190 MB for SD-1.5; attention only ~186 / 149 / 100 MB. The "
+        "worker logs the figure at start-up.",
+    )
+    slot_modules: Literal["all", "attention"] = Field(
+        default="all",
+        description="Which modules the slot covers (default all): 'all' is every nn.Linear "
+        "and plain nn.Conv2d of the denoiser and the LoRA-loadable text encoders, so kohya's "
+        "default network (attention + feed-forward + proj_in/out), LoCon (resnet convs) and "
+        "DiT LoRAs all switch fast; 'attention' covers only attention projections (about half "
+        "the memory; other adapters take the slow tier).",
+    )
+    slot_text_encoders: bool = Field(
+        default=True,
+        description="Whether the slot covers the text encoders diffusers loads LoRAs into "
+        "(CLIP-L, CLIP-G; never T5, which diffusers does not load LoRAs into) — default true: "
+        "kohya trains the text encoder by default. Off saves their share of the slot (~10 % "
+        "for SDXL); text-encoder adapters then take the slow tier.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="Compile the denoiser with torch.compile at start-up (default off). The "
+        "slot's shapes never change, so switching adapters never recompiles; start-up gets "
+        "slower by the compile time (minutes for SDXL with inductor) and the warm-up runs "
+        "both the base and the adapter graph. The slow tier (DoRA, LoKr …) recompiles.",
+    )
+    compile_backend: str = Field(
+        default="inductor",
+        description="torch.compile backend when COMPILE is on (default inductor; 'eager' or "
+        "'aot_eager' compile fast and are what the tests use).",
     )
     max_adapter_slots: int = Field(
         default=16,
@@ -182,6 +212,28 @@ class WorkerSettings(ComponentSettings):
         ge=0,
         description="On SIGTERM, how long to finish the request in progress (seconds, default "
         "60; keep it below the pod's terminationGracePeriodSeconds).",
+    )
+    # --- fleet-wide placement: what /v1/state tells the router (docs/placement.md) ---------
+    state_disk_adapters: int = Field(
+        default=512,
+        ge=0,
+        description="Most adapter commits of the disk cache listed in /v1/state "
+        "(disk_cached_adapters, most recently used first; default 512 ≈ 40 KB per poll). The "
+        "router prices a disk hit below a Hub download; 0 lists none.",
+    )
+    disk_scan_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds between scans of the HF cache for that list (default 10: a scan "
+        "stats every cached file; a new download shows up at most this late).",
+    )
+    load_cost_alpha: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Weight of the newest switch in the per-tier load-seconds averages the "
+        "worker exports in /v1/state (load_seconds, generate_seconds; default 0.2: about the "
+        "last 5 switches of a tier).",
     )
 
     @field_validator("secret", mode="before")

@@ -1,86 +1,155 @@
-"""The LoRA slot: one contiguous buffer whose views are every targeted module's A and B.
+"""The LoRA slot: one device buffer that holds the active adapter's A and B for every module.
 
 Why a slot instead of diffusers' ``load_lora_weights``: diffusers converts keys, builds a peft
-config and injects layers on every load (~0.8 s for an SD-1.5 adapter). Here the pipeline's
-UNet gets, once at start-up, a forward hook on each slot module (``to_q``, ``to_k``, ``to_v``,
-``to_out.0`` of every attention block by default). The hooks read their ``A`` (rank × in),
-``B`` (out × rank) and scale from views into ONE flat tensor, so making an adapter active is a
-single ``buffer.copy_(flat)`` — memcpy speed — once the adapter has been converted into the
-same flat layout (:meth:`SlotLayout.pack`).
+config and injects layers on every load (~0.8 s for an SD-1.5 adapter, seconds for SDXL). Here
+the pipeline gets, once at start-up, a fixed set of *slot modules*: every ``nn.Linear`` and
+``nn.Conv2d`` that adapters target in the denoiser (UNet or DiT transformer) and in each text
+encoder diffusers loads LoRAs into (see :class:`SlotLayout`). Each slot module owns two views
+into ONE flat device tensor: ``A`` (rank × in) and ``Bt`` (rank × out, B transposed so that the
+first ``r`` rows of both are contiguous). Shapes never change after start-up, which is what keeps
+compiled graphs valid across switches.
 
-Layout of the flat tensor, module by module in a fixed order: ``A`` (rank·in values, rows past
-the adapter's own rank are zero), then ``B`` (out·rank values, columns past its rank are
-zero); after all modules, one scale per module (alpha / rank as peft computes it; 0 for modules
-the adapter does not touch). Zero padding adds exact zeros, so a lower-rank adapter computes the
-same delta.
+Adapters are stored compactly (:class:`PackedAdapter`): their own modules at their own ranks,
+in one flat tensor, not padded to the slot. Making one active (:meth:`LoraSlot.load`) zeroes
+what the previous adapter wrote and scatters the new one into the slot's views with two fused
+multi-tensor ops (``torch._foreach_zero_`` / ``_foreach_copy_``): O(bytes of old + new), no
+Python loop over tensors' data. Scales (alpha / rank, as peft computes them) sit in a small fp32
+tensor, one per module, 0 where the adapter does not reach.
 
-"No adapter" is not "scale 0": when the slot is inactive every hook returns ``None`` and the
-module's output is the untouched base output — bit-exact with a pipeline that never had a slot.
-Hooks (rather than replacing the modules) keep every module an ``nn.Linear``, so the slow path
-(diffusers' own ``load_lora_weights``) can still wrap them while the slot is inactive.
+Math per module with rank ``r`` (zero rows past ``r`` add exact zeros):
+
+* Linear: ``y + scale · (x Aᵀ) Bt`` — peft's ``lora_B(lora_A(x)) · scaling``;
+* Conv2d: ``y + scale · conv1x1(conv(x, A, stride, padding, dilation), Bt)`` — peft's conv LoRA
+  and LyCORIS LoCon (k×k down, 1×1 up).
+
+Hooks, not module replacement, keep every module what it was, so the slow tier (diffusers'
+own ``load_lora_weights``) can still wrap them while the slot is idle. Two hook modes:
+
+* eager (default): a module's hook is registered only while the active adapter touches it, so a
+  base request runs the untouched modules — bit-exact with a pipeline that never had a slot —
+  and untouched modules cost nothing;
+* static (compiled mode): every slot module keeps its hook and computes at the full slot rank;
+  the only Python state the hooks read is :attr:`LoraSlot.active`, so ``torch.compile`` sees two
+  graphs (adapter on, base) and switching adapters is pure tensor data: no recompile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
+from torch.nn import functional
 
-DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+ATTENTION_TARGETS: tuple[str, ...] = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """How a Conv2d slot module's down conv runs: the base conv's own geometry."""
+
+    in_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str
+    dilation: tuple[int, int]
 
 
 @dataclass(frozen=True)
 class SlotModule:
-    """One slot module: its name in the UNet and where its A and B live in the flat tensor."""
+    """One slot module: its component-prefixed name and where its A and Bt sit in the buffer.
+
+    ``in_features`` is the length of one row of A (for a conv: in_channels · kh · kw)."""
 
     name: str
     in_features: int
     out_features: int
-    offset: int  # start of A; B follows at offset + rank * in_features
+    a_offset: int
+    b_offset: int
+    conv: ConvGeometry | None = None
+
+
+def _wanted(name: str, module: nn.Module, targets: Sequence[str] | None) -> bool:
+    if not isinstance(module, nn.Linear | nn.Conv2d):
+        return False
+    if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
+        return False  # peft's conv LoRA assumes a plain conv; such modules take the slow tier
+    if targets is None:
+        return True
+    return any(name == t or name.endswith("." + t) for t in targets)
 
 
 class SlotLayout:
-    """Where each module's A, B and scale sit in the flat tensor, for a given rank."""
+    """Where each module's A, Bt and scale sit in the flat buffer, for a given slot rank."""
 
-    def __init__(self, modules: Iterable[tuple[str, int, int]], rank: int) -> None:
+    def __init__(self, modules: Iterable[tuple[str, nn.Module]], rank: int) -> None:
         if rank < 1:
             raise ValueError(f"slot rank must be at least 1, got {rank}")
         self.rank = rank
         placed: list[SlotModule] = []
         offset = 0
-        for name, in_features, out_features in modules:
-            placed.append(SlotModule(name, in_features, out_features, offset))
-            offset += rank * (in_features + out_features)
+        for name, mod in modules:
+            conv = None
+            if isinstance(mod, nn.Conv2d):
+                kh, kw = mod.kernel_size
+                in_f, out_f = mod.in_channels * kh * kw, mod.out_channels
+                conv = ConvGeometry(
+                    mod.in_channels, (kh, kw), mod.stride, mod.padding, mod.dilation
+                )
+            else:
+                in_f, out_f = mod.in_features, mod.out_features
+            placed.append(SlotModule(name, in_f, out_f, offset, offset + rank * in_f, conv))
+            offset += rank * (in_f + out_f)
         self.modules = tuple(placed)
         self.index = {m.name: i for i, m in enumerate(self.modules)}
-        self.scales_offset = offset
-        self.numel = offset + len(self.modules)
+        self.numel = offset
 
     @classmethod
-    def for_model(
-        cls, model: nn.Module, rank: int, targets: tuple[str, ...] = DEFAULT_TARGETS
+    def for_components(
+        cls,
+        components: Mapping[str, nn.Module],
+        rank: int,
+        targets: Sequence[str] | None = None,
     ) -> SlotLayout:
-        """All ``nn.Linear`` modules of ``model`` whose name ends with one of ``targets``."""
+        """Every Linear/Conv2d of each component (``{"unet": unet, "text_encoder": te}``),
+        named ``<component>.<module path>``; ``targets`` (name suffixes) narrows the set."""
         found = [
-            (name, mod.in_features, mod.out_features)
-            for name, mod in model.named_modules()
-            if isinstance(mod, nn.Linear)
-            and any(name == t or name.endswith("." + t) for t in targets)
+            (f"{prefix}.{name}", mod)
+            for prefix, component in components.items()
+            for name, mod in component.named_modules()
+            if _wanted(name, mod, targets)
         ]
         return cls(found, rank)
 
+    def count(self) -> tuple[int, int]:
+        """(Linear modules, Conv2d modules) in the slot."""
+        convs = sum(1 for m in self.modules if m.conv is not None)
+        return len(self.modules) - convs, convs
+
     def views(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(A, B) views into ``flat`` for every module, in layout order."""
+        """(A, Bt) views of the slot's full rank into ``flat``, in layout order."""
         r = self.rank
-        out = []
-        for m in self.modules:
-            a_end = m.offset + r * m.in_features
-            a = flat[m.offset : a_end].view(r, m.in_features)
-            b = flat[a_end : a_end + m.out_features * r].view(m.out_features, r)
-            out.append((a, b))
-        return out
+        return [
+            (
+                flat[m.a_offset : m.b_offset].view(r, m.in_features),
+                flat[m.b_offset : m.b_offset + r * m.out_features].view(r, m.out_features),
+            )
+            for m in self.modules
+        ]
 
     def pack(
         self,
@@ -88,84 +157,218 @@ class SlotLayout:
         *,
         dtype: torch.dtype,
         pin_memory: bool = False,
-    ) -> torch.Tensor:
-        """Build the flat tensor for an adapter: ``{module: (A, B, scale)}`` → one CPU tensor.
+    ) -> PackedAdapter:
+        """An adapter ``{module: (A, B, scale)}`` (peft shapes: A (r, in[, kh, kw]), B (out, r
+        [, 1, 1])) → a compact :class:`PackedAdapter` on the host.
 
         Raises ``KeyError`` for a module outside the slot and ``ValueError`` for a shape that
-        does not fit (rank above the slot's, or in/out features of another architecture).
-        """
-        flat = torch.zeros(self.numel, dtype=dtype, pin_memory=pin_memory)
-        views = self.views(flat)
+        does not fit (rank above the slot's, or features of another architecture)."""
+        entries: list[tuple[int, int, torch.Tensor, torch.Tensor, float]] = []
         for name, (a, b, scale) in weights.items():
             i = self.index[name]
             m = self.modules[i]
-            rank = a.shape[0]
-            if a.ndim != 2 or b.ndim != 2 or b.shape[1] != rank:
+            a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+            rank = a2.shape[0]
+            if b2.shape[1] != rank or (m.conv is None and (a.ndim, b.ndim) != (2, 2)):
                 raise ValueError(f"{name}: A {tuple(a.shape)} and B {tuple(b.shape)} disagree")
-            if a.shape[1] != m.in_features or b.shape[0] != m.out_features:
+            if a2.shape[1] != m.in_features or b2.shape[0] != m.out_features:
                 raise ValueError(
-                    f"{name}: adapter has in/out features {a.shape[1]}/{b.shape[0]}, "
+                    f"{name}: adapter has in/out features {a2.shape[1]}/{b2.shape[0]}, "
                     f"the base model {m.in_features}/{m.out_features}"
                 )
             if rank > self.rank:
                 raise ValueError(f"{name}: rank {rank} is above the slot rank {self.rank}")
-            slot_a, slot_b = views[i]
-            slot_a[:rank].copy_(a)
-            slot_b[:, :rank].copy_(b)
-            flat[self.scales_offset + i] = scale
-        return flat
+            entries.append((i, rank, a2, b2.t(), scale))
+        entries.sort(key=lambda e: e[0])
+        total = sum(
+            r * (self.modules[i].in_features + self.modules[i].out_features) for i, r, *_ in entries
+        )
+        flat = torch.empty(total, dtype=dtype, pin_memory=pin_memory)
+        placed, offset = [], 0
+        for i, rank, a, bt, scale in entries:
+            m = self.modules[i]
+            n_a, n_b = rank * m.in_features, rank * m.out_features
+            flat[offset : offset + n_a].copy_(a.reshape(-1))
+            flat[offset + n_a : offset + n_a + n_b].copy_(bt.reshape(-1))
+            placed.append(PackedEntry(i, rank, offset, float(scale)))
+            offset += n_a + n_b
+        return PackedAdapter(flat, tuple(placed))
 
 
-class LoraSlot:
-    """The installed slot: the flat device buffer and one forward hook per module."""
+@dataclass(frozen=True)
+class PackedEntry:
+    """One module of a packed adapter: slot index, its own rank, its A's offset, its scale."""
 
-    def __init__(self, model: nn.Module, layout: SlotLayout, *, dtype: torch.dtype) -> None:
-        self.layout = layout
-        device = next(model.parameters()).device
-        self.buffer = torch.zeros(layout.numel, dtype=dtype, device=device)
-        self.active = False
-        self._handles = []
-        scales = self.buffer[layout.scales_offset :]
-        modules = dict(model.named_modules())
-        for i, (m, (a, b)) in enumerate(
-            zip(layout.modules, layout.views(self.buffer), strict=True)
-        ):
-            hook = _SlotHook(self, a, b, scales[i : i + 1])
-            self._handles.append(modules[m.name].register_forward_hook(hook))
+    index: int
+    rank: int
+    offset: int
+    scale: float
+
+
+@dataclass(eq=False)
+class PackedAdapter:
+    """An adapter in its own size: per module A_r then Bt_r, back to back in ``flat``.
+
+    ``plan`` caches, once per value, the (slot views, own views) lists a switch copies between,
+    so a switch runs no Python loop over modules."""
+
+    flat: torch.Tensor
+    entries: tuple[PackedEntry, ...]
+    plan: tuple[list[torch.Tensor], list[torch.Tensor]] | None = field(default=None, repr=False)
+
+    @property
+    def ranks(self) -> dict[int, int]:
+        """Slot module index → this adapter's rank there."""
+        return {e.index: e.rank for e in self.entries}
 
     @property
     def nbytes(self) -> int:
-        return self.buffer.numel() * self.buffer.element_size()
+        return self.flat.numel() * self.flat.element_size()
 
-    def load(self, flat: torch.Tensor) -> None:
-        """Make the adapter packed in ``flat`` active: one copy into the buffer."""
-        self.buffer.copy_(flat, non_blocking=flat.is_pinned())
+    def to(self, device: torch.device) -> PackedAdapter:
+        """The same adapter with its tensor on ``device`` (the resident tier's copy)."""
+        return replace(self, flat=self.flat.to(device, non_blocking=True), plan=None)
+
+
+class LoraSlot:
+    """The installed slot: the flat device buffer, the scales and one hook per module."""
+
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Module],
+        layout: SlotLayout,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        static: bool = False,
+    ) -> None:
+        """``modules`` maps each layout name to its module; ``static`` is compiled mode."""
+        self.layout = layout
+        self.static = static
+        self.buffer = torch.zeros(layout.numel, dtype=dtype, device=device)
+        self.scales = torch.zeros(len(layout.modules), dtype=torch.float32, device=device)
+        self.active = False
+        self.current: PackedAdapter | None = None
+        self._views = layout.views(self.buffer)
+        self._modules = [modules[m.name] for m in layout.modules]
+        self._hooks = [
+            _SlotHook(self, m, a, bt, self.scales[i])
+            for i, (m, (a, bt)) in enumerate(zip(layout.modules, self._views, strict=True))
+        ]
+        self._handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
+        if static:
+            for i in range(len(self._hooks)):
+                self._attach(i, layout.rank)
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel() * self.buffer.element_size() + self.scales.numel() * 4
+
+    def load(self, packed: PackedAdapter) -> None:
+        """Make ``packed`` active: zero what the previous adapter wrote and this one does not
+        overwrite, then scatter this one."""
+        self._clear(packed)
+        dst, src = self._plan(packed)
+        torch._foreach_copy_(dst, src, non_blocking=packed.flat.is_pinned())
+        index = [e.index for e in packed.entries]
+        self.scales[index] = torch.tensor([e.scale for e in packed.entries]).to(self.scales)
+        if not self.static:
+            for e in packed.entries:
+                self._attach(e.index, e.rank)
+        self.current = packed
+        self.active = True
+
+    def activate_empty(self) -> None:
+        """Turn the hooks on with nothing in the slot (zero delta): compiled mode's warm-up
+        of the adapter-on graph."""
+        self._clear()
         self.active = True
 
     def deactivate(self) -> None:
-        """Back to the pristine base: hooks stop touching outputs (the buffer is left as is)."""
+        """Back to the pristine base: no hook touches an output (buffer contents are kept
+        until the next :meth:`load` overwrites them)."""
         self.active = False
+        if not self.static:
+            for handle in self._handles.values():
+                handle.remove()
+            self._handles.clear()
 
     def remove(self) -> None:
-        for handle in self._handles:
+        self.deactivate()
+        for handle in self._handles.values():
             handle.remove()
         self._handles.clear()
-        self.active = False
+
+    def _clear(self, following: PackedAdapter | None = None) -> None:
+        """Zero the rows ``self.current`` wrote that ``following`` will not overwrite (all of
+        them when None): same module set and ranks, nothing to zero."""
+        self.deactivate()
+        previous, self.current = self.current, None
+        if previous is None:
+            return
+        keep = following.ranks if following is not None else {}
+        stale: list[torch.Tensor] = []
+        for e in previous.entries:
+            start = keep.get(e.index, 0)
+            if start < e.rank:
+                a, bt = self._views[e.index]
+                stale += [a[start : e.rank], bt[start : e.rank]]
+        if stale:
+            torch._foreach_zero_(stale)
+        gone = [e.index for e in previous.entries if e.index not in keep]
+        if gone:
+            self.scales[gone] = 0.0
+
+    def _attach(self, index: int, rank: int) -> None:
+        hook = self._hooks[index]
+        hook.rank = rank
+        if index not in self._handles:
+            self._handles[index] = self._modules[index].register_forward_hook(hook)
+
+    def _plan(self, packed: PackedAdapter) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(slot views, packed views) for every A_r and Bt_r of ``packed``, cached on it."""
+        if packed.plan is None:
+            dst: list[torch.Tensor] = []
+            src: list[torch.Tensor] = []
+            for e in packed.entries:
+                m = self.layout.modules[e.index]
+                a, bt = self._views[e.index]
+                n_a, n_b = e.rank * m.in_features, e.rank * m.out_features
+                start = e.offset
+                dst += [a[: e.rank], bt[: e.rank]]
+                src.append(packed.flat[start : start + n_a].view(e.rank, m.in_features))
+                src.append(packed.flat[start + n_a : start + n_a + n_b].view(e.rank, -1))
+            packed.plan = (dst, src)
+        return packed.plan
 
 
 class _SlotHook:
-    """Adds ``scale · B(A(x))`` to a Linear's output while the slot is active."""
+    """Adds ``scale · Bt(A(x))`` to a Linear's or Conv2d's output while the slot is active."""
 
     def __init__(
-        self, slot: LoraSlot, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor
+        self,
+        slot: LoraSlot,
+        module: SlotModule,
+        a: torch.Tensor,
+        bt: torch.Tensor,
+        scale: torch.Tensor,
     ) -> None:
-        self.slot, self.a, self.b, self.scale = slot, a, b, scale
+        self.slot, self.a, self.bt, self.scale = slot, a, bt, scale
+        self.conv = module.conv
+        self.rank = 0
 
     def __call__(
         self, _module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor
     ) -> torch.Tensor | None:
         if not self.slot.active:
             return None  # untouched base output: bit-exact
-        x = args[0]
-        delta = torch.nn.functional.linear(torch.nn.functional.linear(x, self.a), self.b)
-        return output + delta * self.scale
+        r = self.rank
+        a, bt, x = self.a[:r], self.bt[:r], args[0]
+        if self.conv is None:
+            delta = functional.linear(functional.linear(x, a), bt.t())
+        else:
+            g = self.conv
+            weight = a.view(r, g.in_channels, *g.kernel_size)
+            down = functional.conv2d(x, weight, None, g.stride, g.padding, g.dilation)
+            delta = functional.conv2d(down, bt.t().reshape(-1, r, 1, 1))
+        return output + delta * self.scale  # a 0-d fp32 scale keeps the output's dtype
