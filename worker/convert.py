@@ -18,6 +18,7 @@ Outcomes:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from torch import nn
 
 from loraplex.shared.errors import NotServable
 
+log = logging.getLogger(__name__)
 # diffusers' loaders raise these on files they cannot map (kohya keys left unconverted, a
 # LoraConfig field this peft lacks, an empty rank table …).
 _LOADER_ERRORS = (ValueError, KeyError, OSError, RuntimeError, IndexError, TypeError)
@@ -111,6 +113,7 @@ def convert(
             f"{path.name}: its LoRA metadata cannot be read ({type(exc).__name__}: {exc}); "
             "re-save it with this diffusers/peft version"
         ) from None
+    _drop_missing(path, parts, components)
     reason = _slow_reason(pipeline_cls, parts, components, layout)
     if reason is not None:
         return Converted(None, reason)
@@ -137,6 +140,32 @@ def _check_keys(
             "'base_model.model.' layout, or an adapter for another model family?); diffusers "
             "would load nothing from it — re-save the adapter with diffusers' save_lora_weights"
         )
+
+
+def _drop_missing(
+    path: Path, parts: list[ComponentLora], components: Mapping[str, nn.Module]
+) -> None:
+    """Drop modules the base does not have, as peft does (it warns about the unexpected keys
+    and loads the rest); 422 when none of the adapter's modules exist: another architecture."""
+    missing: list[str] = []
+    for part in parts:
+        present = dict(components[part.component].named_modules())
+        for name in [n for n in part.pairs if n not in present]:
+            del part.pairs[name]
+            missing.append(f"{part.component}.{name}")
+    if not missing:
+        return
+    if not any(part.pairs for part in parts):
+        raise NotServable(
+            f"{path.name} targets none of this base's modules (e.g. {missing[0]}); it was made "
+            "for another architecture"
+        )
+    log.warning(
+        "%s: %d modules this base does not have are ignored, as diffusers ignores them (e.g. %s)",
+        path.name,
+        len(missing),
+        missing[0],
+    )
 
 
 def _slow_reason(

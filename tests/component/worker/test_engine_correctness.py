@@ -172,6 +172,8 @@ BAD = [
     ("wrong-arch", "wrong_arch", None, NotServable, "shape mismatch"),
     ("multi-file", "multi_file", None, NotServable, "style_a.safetensors, style_b.safetensors"),
     ("peft-native", "peft_native", None, NotServable, "save_lora_weights"),
+    ("loha", "loha", None, NotServable, "is a LoHa (LyCORIS Hadamard product) adapter"),
+    ("lokr", "lokr", None, NotServable, "LoKr"),
     ("gated-no-token", "gated", None, Unauthorized, "gated"),
     ("gated-wrong-token", "gated", "hf_wrong", Forbidden, "refused"),
 ]
@@ -359,3 +361,31 @@ def test_unreadable_lora_metadata_on_the_fast_path_is_422(
             dtype=torch.float32,
             pin_memory=False,
         )
+
+
+def test_a_dora_adapter_takes_the_slow_tier_with_its_reason_and_matches_diffusers(
+    engine: Engine, references: dict, demo_models
+) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    repo = demo_models.test_repos.dora
+    folder = demo_models.path(repo)
+    pipe = StableDiffusionPipeline.from_pretrained(demo_models.path(TINY_SD))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(folder), weight_name=next(folder.glob("*.safetensors")).name)
+    expected = pipe(
+        REQUEST.prompt,
+        width=64,
+        height=64,
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(REQUEST.seed),
+        output_type="np",
+    ).images[0]
+    for _ in range(2):  # first load, then the known-slow path
+        switch = engine.switch_to(AdapterRef(repo_id=repo))
+        assert switch.tier == SwitchTier.SLOW
+        assert "DoRA" in (switch.slow_reason or "")
+        assert float(np.abs(image(engine) - expected).max()) <= TOLERANCE
+        engine.switch_to(None)
+        assert_matches(engine, references, None)
