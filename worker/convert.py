@@ -55,6 +55,21 @@ class Converted:
         return 0 if self.packed is None else self.packed.nbytes
 
 
+SLOW_KINDS: tuple[tuple[str, str], ...] = (
+    ("DoRA", "dora"),
+    ("LoRA biases", "lora_bias"),
+    ("LoKr", "lokr"),
+    ("Flux Control", "control_lora"),
+    ("outside the slot", "outside_slot"),
+    ("above the slot rank", "rank"),
+)
+
+
+def slow_kind(reason: str) -> str:
+    """A bounded label for a slow reason (the metric's ``reason``)."""
+    return next((kind for marker, kind in SLOW_KINDS if marker in reason), "other")
+
+
 def check_safetensors(path: Path) -> list[str]:
     """The file's keys; refuses (422) a file that is not readable safetensors."""
     try:

@@ -28,6 +28,13 @@ class WorkerMetrics:
             buckets=SWITCH_BUCKETS,
             registry=r,
         )
+        self.slow_switches = Counter(
+            f"{PREFIX}slow_tier_switches",
+            "Switches that took the slow tier (diffusers load/unload), by why the adapter does "
+            "not fit the slot: dora, lora_bias, lokr, control_lora, outside_slot, rank, other",
+            ["reason"],
+            registry=r,
+        )
         self.inference_seconds = Histogram(
             f"{PREFIX}inference_seconds",
             "Pipeline time per generation (after the switch)",

@@ -205,16 +205,27 @@ class PackedEntry:
     scale: float
 
 
+@dataclass(frozen=True)
+class SwitchPlan:
+    """What :meth:`LoraSlot.load` copies: slot views ← adapter views, and the scales."""
+
+    dst: list[torch.Tensor]
+    src: list[torch.Tensor]
+    scale_index: torch.Tensor
+    scale_values: torch.Tensor
+
+
 @dataclass(eq=False)
 class PackedAdapter:
     """An adapter in its own size: per module A_r then Bt_r, back to back in ``flat``.
 
-    ``plan`` caches, once per value, the (slot views, own views) lists a switch copies between,
+    ``plan`` caches, once per value, the (slot views, own views) lists a switch copies between
+    and the (slot indices, values) of its scales on the slot's device,
     so a switch runs no Python loop over modules."""
 
     flat: torch.Tensor
     entries: tuple[PackedEntry, ...]
-    plan: tuple[list[torch.Tensor], list[torch.Tensor]] | None = field(default=None, repr=False)
+    plan: SwitchPlan | None = field(default=None, repr=False)
 
     @property
     def ranks(self) -> dict[int, int]:
@@ -268,10 +279,9 @@ class LoraSlot:
         """Make ``packed`` active: zero what the previous adapter wrote and this one does not
         overwrite, then scatter this one."""
         self._clear(packed)
-        dst, src = self._plan(packed)
-        torch._foreach_copy_(dst, src, non_blocking=packed.flat.is_pinned())
-        index = [e.index for e in packed.entries]
-        self.scales[index] = torch.tensor([e.scale for e in packed.entries]).to(self.scales)
+        plan = self._plan(packed)
+        torch._foreach_copy_(plan.dst, plan.src, non_blocking=packed.flat.is_pinned())
+        self.scales.index_copy_(0, plan.scale_index, plan.scale_values)
         if not self.static:
             for e in packed.entries:
                 self._attach(e.index, e.rank)
@@ -325,8 +335,9 @@ class LoraSlot:
         if index not in self._handles:
             self._handles[index] = self._modules[index].register_forward_hook(hook)
 
-    def _plan(self, packed: PackedAdapter) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(slot views, packed views) for every A_r and Bt_r of ``packed``, cached on it."""
+    def _plan(self, packed: PackedAdapter) -> SwitchPlan:
+        """Slot views and packed views for every A_r and Bt_r of ``packed``, and its scales on
+        the slot's device; built once per value and cached on it."""
         if packed.plan is None:
             dst: list[torch.Tensor] = []
             src: list[torch.Tensor] = []
@@ -338,7 +349,10 @@ class LoraSlot:
                 dst += [a[: e.rank], bt[: e.rank]]
                 src.append(packed.flat[start : start + n_a].view(e.rank, m.in_features))
                 src.append(packed.flat[start + n_a : start + n_a + n_b].view(e.rank, -1))
-            packed.plan = (dst, src)
+            device = self.scales.device
+            index = torch.tensor([e.index for e in packed.entries], device=device)
+            values = torch.tensor([e.scale for e in packed.entries], device=device)
+            packed.plan = SwitchPlan(dst, src, index, values)
         return packed.plan
 
 
