@@ -20,7 +20,7 @@ PIP_FIND_LINKS_CONFIG := $(shell cd / && $(PYTHON) -m pip config get global.find
 TORCH_SOURCE ?= $(if $(PIP_FIND_LINKS_CONFIG),$(foreach d,$(PIP_FIND_LINKS_CONFIG),--find-links $(d)),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 DEMO_DIR ?= demo-models
 
-.PHONY: venv lock check-lock test quick lint run bench clean
+.PHONY: venv lock check-lock test quick lint run bench soak clean
 
 venv: $(VENV)/.project
 
@@ -63,6 +63,10 @@ quick: venv
 run: venv
 	test -d $(DEMO_DIR) || $(BIN)/loraplex demo-models $(DEMO_DIR)
 	$(BIN)/loraplex up --models $(DEMO_DIR)
+
+# Faults at ~80 % of capacity over `loraplex up` (docs/testing.md#soak); one JSON line.
+soak: venv
+	cd /tmp && $(CURDIR)/$(BIN)/python $(CURDIR)/scripts/soak.py --duration $${SOAK_DURATION_S:-600}
 
 bench: venv
 	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done

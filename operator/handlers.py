@@ -28,6 +28,7 @@ import aiohttp
 import httpx
 import kopf
 from kubernetes_asyncio import client
+from loraplex.operator import health
 from loraplex.operator import replicas as rules
 from loraplex.operator import resources as res
 from loraplex.operator.kube import api_errors
@@ -69,6 +70,7 @@ def _parse(body: kopf.Body, runtime: Runtime, patch: kopf.Patch) -> res.Pool:
             ("Degraded", True, "InvalidSpec", str(exc)),
             ("Ready", False, "InvalidSpec", "fix the spec; nothing was created"),
         )
+        patch.status["state"] = health.pool_state(0, 0, None, invalid=True)
         raise kopf.PermanentError(f"invalid BaseModelPool: {exc}") from None
 
 
@@ -110,11 +112,19 @@ async def _apply(
             "selector": ",".join(f"{k}={v}" for k, v in res.selector_labels(pool).items()),
             "desiredReplicas": replicas,
             "observedGeneration": body.get("metadata", {}).get("generation"),
-            "conditions": _conditions(
-                body.get("status"), ("Degraded", False, "Reconciled", f"Deployment {did}")
-            ),
+            "conditions": _conditions(body.get("status"), *_reconciled(body, did)),
         }
     )
+
+
+def _reconciled(body: kopf.Body, did: str) -> list[tuple[str, bool, str, str]]:
+    """Degraded=False after a reconcile, unless the workers are what is failing: that is the
+    timer's to clear (a spec edit does not heal a crash-looping pod)."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    degraded = next((c for c in conditions if c.get("type") == "Degraded"), None)
+    if degraded and degraded.get("status") == "True" and degraded.get("reason") != "InvalidSpec":
+        return []
+    return [("Degraded", False, "Reconciled", f"Deployment {did}")]
 
 
 async def tick(
@@ -126,9 +136,14 @@ async def tick(
     except res.InvalidPool:
         return  # reconcile() reported it; a spec change re-runs reconcile
     try:
+        # Every input is read fresh each tick, before anything is decided: while the API
+        # server is unreachable a tick raises here (kopf retries it) and writes nothing.
         deployment = await runtime.kube.read_deployment(pool.namespace, pool.workload_name)
         service = await runtime.kube.read_service(pool.namespace, pool.workload_name)
         snapshot = await runtime.rates.read()
+        pods = []
+        if deployment is not None and health.pods_worth_reading(deployment):
+            pods = await runtime.kube.list_pods(pool.namespace, res.selector_labels(pool))
     except (client.ApiException, aiohttp.ClientError, httpx.HTTPError) as exc:
         raise api_errors("reading the pool's objects and the routers' rates", exc) from exc
     if (
@@ -152,7 +167,21 @@ async def tick(
         ready_replicas=ready,
         current_replicas=current,
     )
-    decision = rules.apply_pin(memory.policy.decide(obs), pool.pinned_replicas)
+    if snapshot.blind:
+        # Routers were asked and none answered: a rate of 0 would be a guess, and acting on
+        # it would scale a busy pool down and back up when they answer again. Keep the count
+        # (a pin still applies) and let the policy's windows see nothing.
+        if not memory.blind:
+            logger.warning(
+                "no router answered its /metrics (%d asked): keeping %d replicas until one does",
+                snapshot.expected,
+                current,
+            )
+        kept = Decision(current, f"no rate data: none of {snapshot.expected} routers answered")
+        decision = rules.apply_pin(kept, pool.pinned_replicas)
+    else:
+        decision = rules.apply_pin(memory.policy.decide(obs), pool.pinned_replicas)
+    memory.blind = snapshot.blind
     if decision.replicas != current:
         if rules.scaled_outside(current, memory.last_written):
             logger.warning(
@@ -174,7 +203,7 @@ async def tick(
     runtime.metrics.record(
         pool.namespace, pool.name, pool.base_model, decision.replicas, obs.rate, obs.pending
     )
-    _write_status(body, patch, pool, decision, obs, deployment)
+    _write_status(body, patch, decision, obs, deployment, health.workload_failure(deployment, pods))
 
 
 def _without_replicas(pool: res.Pool) -> dict[str, Any]:
@@ -186,14 +215,17 @@ def _without_replicas(pool: res.Pool) -> dict[str, Any]:
 def _write_status(
     body: kopf.Body,
     patch: kopf.Patch,
-    pool: res.Pool,
     decision: Decision,
     obs: Observation,
     deployment: dict[str, Any],
+    failure: health.Failure | None,
 ) -> None:
-    conditions = rules.status_conditions(obs.ready_replicas, decision.replicas, decision.reason)
+    conditions = rules.status_conditions(
+        obs.ready_replicas, decision.replicas, decision.reason, failure
+    )
     patch.status.update(
         {
+            "state": health.pool_state(obs.ready_replicas, decision.replicas, failure),
             "replicas": (deployment.get("status") or {}).get("replicas") or 0,
             "readyReplicas": obs.ready_replicas,
             "desiredReplicas": decision.replicas,

@@ -43,6 +43,7 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.discovery = client.DiscoveryV1Api(api)
+        self._pods_refused = False  # warned once that RBAC forbids listing Pods
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -110,6 +111,32 @@ class Kube:
             )
         except (client.ApiException, aiohttp.ClientError) as exc:
             raise api_errors(f"scaling Deployment {namespace}/{name}", exc) from exc
+
+    async def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        """The pool's worker Pods (for :mod:`loraplex.operator.health`). A 403 (RBAC from a
+        chart older than this operator: no ``list pods``) gives none, with a warning once, so
+        scaling goes on and only the pod-level reasons are missing."""
+        label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
+        try:
+            # Raw JSON, not kubernetes_asyncio's models: their validation raises on a status
+            # the kubelet may legitimately leave half-filled (a container not yet pulled).
+            response = await self.core.list_namespaced_pod(
+                namespace, label_selector=label_selector, _preload_content=False
+            )
+            async with response:
+                result = await response.json()
+        except client.ApiException as exc:
+            if exc.status != 403:
+                raise
+            if not self._pods_refused:
+                log.warning(
+                    "listing Pods in %s is forbidden: pool conditions show Deployment failures "
+                    "only (grant 'list pods' to the operator, as the chart does)",
+                    namespace,
+                )
+                self._pods_refused = True
+            return []
+        return list(result.get("items") or [])
 
     async def endpoint_slices(self, namespace: str, service: str) -> list[dict[str, Any]]:
         result = await self.discovery.list_namespaced_endpoint_slice(

@@ -39,7 +39,14 @@ class RateSnapshot:
 
     rates: Mapping[str, float] = field(default_factory=dict)  # requests/s
     pending: Mapping[str, int] = field(default_factory=dict)
-    routers: int = 0
+    routers: int = 0  # routers that answered (-1: unknown, e.g. from Prometheus)
+    expected: int = 0  # routers asked (0: none known, or a source that cannot tell)
+
+    @property
+    def blind(self) -> bool:
+        """True when routers were asked and none answered: there is no load data at all, so
+        a rate of 0 would be a guess (the operator then keeps the replicas it has)."""
+        return self.expected > 0 and self.routers == 0
 
     def rate(self, base_model: str) -> float:
         return self.rates.get(base_model, 0.0)

@@ -7,13 +7,15 @@ what happens around that choice, so :mod:`loraplex.operator.handlers` only wires
 * ``spec.replicas`` (``kubectl scale bmp``) pinning the pool over the policy — :func:`apply_pin`;
 * telling a manual ``kubectl scale deployment`` apart from the operator's own writes —
   :func:`scaled_outside`;
-* the ``Ready`` / ``Scaling`` / ``Degraded`` conditions a tick writes — :func:`status_conditions`.
+* the ``Ready`` / ``Scaling`` / ``Degraded`` conditions a tick writes — :func:`status_conditions`
+  (``Degraded`` from the workers' failure, :mod:`loraplex.operator.health`).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from loraplex.operator.health import Failure
 from loraplex.operator.scaling import Decision, ScalingSpec
 
 PINNED_REASON = "pinned by spec.replicas (kubectl scale bmp)"
@@ -65,30 +67,42 @@ def scaled_outside(current: int, last_written: int | None) -> bool:
     return last_written is not None and current != last_written
 
 
-def ready_reason(ready: int, desired: int) -> str:
-    """Why the pool is (not) serving: ready replicas, stopped on purpose, or still starting."""
+def ready_reason(ready: int, desired: int, failure: Failure | None = None) -> str:
+    """Why the pool is (not) serving: ready replicas, stopped on purpose, failing (the
+    failure's reason: CrashLoopBackOff, ImagePullBackOff, …), or still starting."""
     if ready:
         return "ReplicasReady"
-    return "ScaledToZero" if desired == 0 else "WarmingUp"
+    if desired == 0:
+        return "ScaledToZero"
+    return failure.reason if failure is not None else "WarmingUp"
 
 
-def status_conditions(ready: int, desired: int, reason: str) -> list[Condition]:
-    """The conditions a tick sets, from ``ready`` replicas, the ``desired`` count just decided
-    and the decision's ``reason``.
+def status_conditions(
+    ready: int, desired: int, reason: str, failure: Failure | None = None
+) -> list[Condition]:
+    """The conditions a tick sets, from ``ready`` replicas, the ``desired`` count just decided,
+    the decision's ``reason`` and the workers' ``failure`` (:mod:`loraplex.operator.health`).
 
     * ``Ready``: true while a replica is ready, or when zero replicas is what was decided (a
       pool scaled to zero is serving as intended: the router holds requests and wakes it).
     * ``Scaling``: true while ready replicas differ from the desired count.
-    * ``Degraded``: false; a tick only runs on a valid spec with its objects in place.
+    * ``Degraded``: true while a worker pod or the Deployment is failing (reason
+      CrashLoopBackOff, ImagePullBackOff, Unschedulable, ProgressDeadlineExceeded, …, with the
+      pod's message); false otherwise (a tick only runs on a valid spec with its objects).
     """
     scaling = ready != desired
+    degraded = (
+        Condition("Degraded", True, failure.reason, failure.message)
+        if failure is not None
+        else Condition("Degraded", False, "Reconciled", "spec is valid; owned objects in place")
+    )
     return [
         Condition(
             "Ready",
             ready > 0 or desired == 0,
-            ready_reason(ready, desired),
+            ready_reason(ready, desired, failure),
             f"{ready}/{desired} ready",
         ),
         Condition("Scaling", scaling, "Scaling" if scaling else "Stable", reason),
-        Condition("Degraded", False, "Reconciled", "spec is valid; owned objects in place"),
+        degraded,
     ]

@@ -251,6 +251,9 @@ def _container(pool: Pool) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]},
         },
         "resources": dict(worker.get("resources") or {}),
+        # A worker that cannot serve its base exits non-zero naming the model and the reason;
+        # the log tail becomes the termination message, which the pool's Degraded shows.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if worker.get("imagePullPolicy"):
         container["imagePullPolicy"] = worker["imagePullPolicy"]

@@ -47,6 +47,7 @@ class CachedRates:
 class PoolMemory:
     policy: ScalingPolicy
     last_written: int | None = None  # replicas the operator last wrote to the Deployment
+    blind: bool = False  # the last tick had no rate data (no router answered)
 
 
 @dataclass

@@ -13,6 +13,7 @@ counter arithmetic) stay in :mod:`loraplex.operator.rates`, which knows no HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -37,7 +38,8 @@ class ScrapeSource:
 
     async def read(self, now: float) -> RateSnapshot:
         samples: dict[str, RouterSample] = {}
-        for url in await self._urls():
+        urls = await self._urls()
+        for url in urls:
             try:
                 response = await self._http.get(url)
                 response.raise_for_status()
@@ -45,8 +47,13 @@ class ScrapeSource:
             except (httpx.HTTPError, ValueError) as exc:
                 # One router down must not stop scaling for the others; it drops out of the sum.
                 log.warning("router metrics %s unavailable: %s", url, exc)
+        if urls and not samples:
+            # No router answered: no data, not "no traffic". The counters' history is kept,
+            # so when the routers answer again the rate spans the gap (the handlers keep the
+            # replicas meanwhile: RateSnapshot.blind).
+            return RateSnapshot(routers=0, expected=len(urls))
         self._rates.observe(now, samples)
-        return self._rates.snapshot()
+        return dataclasses.replace(self._rates.snapshot(), expected=len(urls))
 
 
 class PrometheusSource:

@@ -1,8 +1,9 @@
 """Card sources for :class:`loraplex.router.resolve.Resolver`: where model cards come from.
 
 * :class:`HubCardSource` — the real ``huggingface_hub`` client: ``model_info``, plus
-  ``auth_check`` for gated repos; Hub outages become ``SourceUnavailable`` so the resolver can
-  serve stale answers.
+  ``auth_check`` for gated repos; Hub outages, a lookup over ``timeout_s`` and more than
+  ``max_concurrent`` lookups still running become ``SourceUnavailable`` so the resolver can
+  serve stale answers (or 503 with Retry-After).
 * :class:`LocalCardSource` — README.md cards in ``<models_dir>/<org>/<name>/``, for the
   embedded mode (``loraplex up``).
 """
@@ -10,6 +11,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,20 +51,51 @@ def _transport_error_types() -> tuple[type[Exception], ...]:
 _TRANSPORT_ERRORS = _transport_error_types()
 
 
+MAX_CONCURRENT_LOOKUPS = 8  # Hub lookup threads; a slow Hub holds at most this many
+
+
 class HubCardSource:
     """Cards from the Hub (or a Hub-compatible endpoint) through ``huggingface_hub.HfApi``.
 
-    ``HfApi`` is synchronous, so calls run in a thread; the resolver's cache and single flight
-    keep that off the hot path. Gated repos expose metadata to anyone, so access is checked
-    with the caller's token through ``auth_check``; the answer is cached per token hash.
+    ``HfApi`` is synchronous, so calls run in threads of this source's own pool (at most
+    ``max_concurrent``); the resolver's cache and single flight keep that off the hot path.
+    A slow Hub cannot pile threads up: a lookup is answered ``SourceUnavailable`` after
+    ``timeout_s`` (its thread may still be waiting on the Hub, and still counts), and while
+    ``max_concurrent`` lookups are running a new one is refused at once rather than queued.
+    Gated repos expose metadata to anyone, so access is checked with the caller's token
+    through ``auth_check``; the answer is cached per token hash.
     """
 
-    def __init__(self, api: HfApi | None = None, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        api: HfApi | None = None,
+        *,
+        timeout_s: float = 10.0,
+        max_concurrent: int = MAX_CONCURRENT_LOOKUPS,
+    ) -> None:
         self.api = api or HfApi()
         self.timeout_s = timeout_s
+        self.max_concurrent = max_concurrent
+        self.running = 0  # lookups whose thread has not returned yet (timed out ones too)
+        self.thread_prefix = f"hub-lookup-{id(self):x}"
+        self._threads = ThreadPoolExecutor(max_concurrent, thread_name_prefix=self.thread_prefix)
 
     async def fetch(self, model_id: str, token: str | None) -> ModelCard:
-        return await asyncio.to_thread(self._fetch_sync, model_id, token)
+        if self.running >= self.max_concurrent:
+            raise SourceUnavailable(f"{self.running} Hub lookups still running (Hub slow)")
+        self.running += 1
+        work = self._threads.submit(self._fetch_sync, model_id, token)
+        loop = asyncio.get_running_loop()
+        work.add_done_callback(lambda done: _call_in(loop, self._finished, done))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(work), self.timeout_s)
+        except TimeoutError:
+            raise SourceUnavailable(f"no Hub answer within {self.timeout_s:g} s") from None
+
+    def _finished(self, work: Future[ModelCard]) -> None:
+        self.running -= 1
+        if not work.cancelled():
+            work.exception()  # retrieved: an abandoned lookup's error is not "never retrieved"
 
     def _fetch_sync(self, model_id: str, token: str | None) -> ModelCard:
         # token=False: never fall back to a token saved on this machine for a user's request.
@@ -102,6 +136,12 @@ class HubCardSource:
             raise SourceUnavailable(f"Hub answered {status}") from None
         except _TRANSPORT_ERRORS as exc:  # connection refused/reset, timeouts
             raise SourceUnavailable(type(exc).__name__) from None
+
+
+def _call_in(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
+    """Run ``callback`` on ``loop`` from a lookup thread (nothing to do once it is closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _refused(model_id: str, token: str | None, why: str) -> LoraplexError:

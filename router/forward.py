@@ -8,11 +8,14 @@ encode/httpx#3215). The forwarding path is small enough that the httpx API buys 
 
 Retry rule (the pure decisions are :mod:`loraplex.router.retry`; this module does the I/O):
 a failure *before the answer starts* (connect error, reset, 5xx, 429 queue full) is retried
-on another ready replica, up to ``attempts`` replicas. Answers up to ``buffer_limit_bytes``
-are read whole before the client gets a byte, so a body cut short is retried too; larger
-answers stream and are not retried once started. 4xx answers (bad parameters, adapter
-refused) are the worker's verdict and pass through unchanged. An unreachable replica, or one
-answering 503, is marked not ready until its next good ``/v1/state`` poll.
+on another available replica, up to ``attempts`` replicas per round and within the request's
+:class:`~loraplex.router.retry.RetryBudget`. Answers up to ``buffer_limit_bytes`` are read
+whole before the client gets a byte, so a body cut short is retried too; larger answers
+stream and are not retried once started. 4xx answers (bad parameters, adapter refused) are
+the worker's verdict and pass through unchanged. An unreachable replica, one that drops the
+connection, or one answering 503 is backed off (:meth:`~loraplex.router.pools.Pool.mark_failed`)
+and the round ends with :class:`ReplicasLost` when that is why it failed: the caller
+(:mod:`loraplex.router.service`) holds for a ready replica and tries again, as for a restart.
 
 Deadline and cancellation: each attempt tells the worker how much of the request's deadline
 is left (``x-loraplex-deadline-ms``, whole milliseconds rounded down, relative because router
@@ -34,13 +37,21 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from loraplex.router.metrics import RouterMetrics
-from loraplex.router.pick import NoReplicaError, Picker
+from loraplex.router.pick import NoReplicaError, Picker, is_spill
 from loraplex.router.pools import Pool, ReplicaState
 from loraplex.router.resolve import Route
-from loraplex.router.retry import Action, GiveUp, Transport, buffer_whole, classify_failure, give_up
+from loraplex.router.retry import (
+    Action,
+    GiveUp,
+    RetryBudget,
+    Transport,
+    buffer_whole,
+    classify_failure,
+    give_up,
+)
 
 from loraplex.shared.contract import GenerateRequest, Headers
-from loraplex.shared.errors import DeadlineExceeded, QueueFull, UpstreamFailed
+from loraplex.shared.errors import DeadlineExceeded, QueueFull, Unavailable, UpstreamFailed
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +95,18 @@ class _StreamRelease:
             self._replica.own_inflight -= 1
 
 
-class ReplicasLost(UpstreamFailed):
-    """Every ready replica failed before answering and none is ready now (e.g. one restarting):
-    the caller may hold for a ready replica and try again."""
+class ReplicasLost(Unavailable):
+    """The round's replicas went away before answering (dropped, refused, 503: a restart looks
+    like that): the caller holds for a ready replica and tries again. A 503 if it escapes."""
 
 
 class _RetryableError(Exception):
     """This attempt failed before the answer started; another replica may succeed."""
 
-    def __init__(self, message: str, *, queue_full: bool = False) -> None:
+    def __init__(self, message: str, *, queue_full: bool = False, lost: bool = False) -> None:
         super().__init__(message)
         self.queue_full = queue_full  # the worker answered 429: its queue was full
+        self.lost = lost  # the replica went away (backed off), not a failure of this request
 
 
 class Forwarder:
@@ -122,41 +134,60 @@ class Forwarder:
         request: GenerateRequest,
         deadline: float,
         token: str | None = None,
+        budget: RetryBudget | None = None,
     ) -> WorkerAnswer:
-        """Send ``request`` to a replica of ``pool``; see the module docstring for retries.
+        """Send ``request`` to a replica of ``pool``: one round of at most ``attempts``
+        replicas, each attempt taken from ``budget`` (default: ``attempts`` of them); see the
+        module docstring for retries. Raises :class:`ReplicasLost` when the round failed
+        because replicas went away.
 
         ``token`` (the caller's Hub token) goes to the worker only for a gated/private adapter,
         which the worker must download with it."""
+        budget = budget or RetryBudget(self.attempts)
         body = request.model_dump_json(exclude_none=True).encode()
         headers = {"content-type": "application/json"}
         if token and route.needs_token:
             headers["authorization"] = f"Bearer {token}"
         tried: list[str] = []
         last_error = "no replica was ready"
-        queue_full = False
-        for attempt in range(self.attempts):
+        queue_full = lost = False
+        while len(tried) < self.attempts:
             try:
-                view = self.picker.pick(pool.ready_views(exclude=tried), route.adapter_key)
+                views = pool.ready_views(exclude=tried)
+                view = self.picker.pick(views, route.adapter_key)
             except NoReplicaError:
                 break
+            if not budget.take():
+                break
             tried.append(view.endpoint)
-            if attempt:
+            if budget.spent > 1:
                 self.metrics.retries.labels(route.base_model).inc()
+            spill = is_spill(self.picker, views, route.adapter_key, view)  # docs/placement.md
+            sent = {**headers, Headers.PLACEMENT: "spill"} if spill else headers
             try:
-                return await self._attempt(pool, view.endpoint, body, headers, deadline)
+                return await self._attempt(pool, view.endpoint, body, sent, deadline)
             except _RetryableError as exc:
                 last_error = str(exc)
                 queue_full = queue_full or exc.queue_full
+                lost = lost or exc.lost
         verdict = give_up(
-            queue_full=queue_full, tried=len(tried), pool_ready=pool.ready_event.is_set()
+            queue_full=queue_full,
+            tried=len(tried),
+            pool_ready=pool.ready_event.is_set(),
+            lost=lost,
         )
         if verdict is GiveUp.QUEUE_FULL:
             raise QueueFull(
                 f"every replica of {route.base_model} has a full queue; retry later",
                 retry_after_s=1,
             )
-        error = ReplicasLost if verdict is GiveUp.REPLICAS_LOST else UpstreamFailed
-        raise error(
+        if verdict is GiveUp.REPLICAS_LOST:
+            raise ReplicasLost(
+                f"replicas of {route.base_model} went away ({last_error}); they are restarting "
+                "or unreachable",
+                retry_after_s=1,
+            )
+        raise UpstreamFailed(
             f"workers of {route.base_model} failed after {len(tried)} attempt(s) "
             f"({last_error}); retry later"
         )
@@ -203,13 +234,18 @@ class Forwarder:
                 "the request deadline passed while a worker was generating; retry with fewer "
                 "steps or a smaller image"
             )
-        if decision.mark_down:
-            pool.mark_failed(endpoint)
+        backoff_s = pool.mark_failed(endpoint) if decision.mark_down else 0.0
         if kind is Transport.CONNECT_TIMEOUT:
-            return _RetryableError(f"{type(exc).__name__} connecting to a worker")
+            return _RetryableError(f"{type(exc).__name__} connecting to a worker", lost=True)
         # %s, never %r: an aiohttp error's repr holds the request headers (the user's token).
-        log.warning("worker %s failed before answering: %s: %s", endpoint, type(exc).__name__, exc)
-        return _RetryableError(f"{type(exc).__name__} from a worker")
+        log.warning(
+            "worker %s failed before answering: %s: %s; out for %.1f s",
+            endpoint,
+            type(exc).__name__,
+            exc,
+            backoff_s,
+        )
+        return _RetryableError(f"{type(exc).__name__} from a worker", lost=decision.mark_down)
 
     async def _read(
         self,
@@ -233,7 +269,9 @@ class Forwarder:
             if decision.mark_down:
                 pool.mark_failed(endpoint)
             raise _RetryableError(
-                f"worker answered {status}{detail}", queue_full=decision.queue_full
+                f"worker answered {status}{detail}",
+                queue_full=decision.queue_full,
+                lost=decision.mark_down,
             )
         headers = {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers}
         headers[Headers.WORKER] = endpoint
@@ -242,6 +280,7 @@ class Forwarder:
             replica = pool.replicas.get(endpoint)
             if replica is not None:
                 replica.observe_answer(resp.headers)
+                replica.backoff.answered()
         if buffer_whole(status, resp.content_length, self.buffer_limit_bytes):
             data = await resp.read()
             resp.release()

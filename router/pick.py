@@ -6,14 +6,60 @@ classes with the algorithm in their docstring, like Ray Serve's request routers;
 simulator imports them unchanged, so the shape of this module is a contract.
 
 Adapter keys are ``"<repo>@<commit>"`` strings, as in :class:`loraplex.shared.contract.WorkerState`.
+
+The default is :class:`PlacementPicker` (strategy ``adapter_affinity``): rendezvous homes
+(:mod:`loraplex.router.homes`) plus a score priced from the load seconds each worker measures.
+The previous default, :class:`AdapterAffinityPicker`, stays selectable as ``resident_affinity``.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from loraplex.router.homes import HotAdapters, home_count, homes, ranking
+
+# Where a replica holds an adapter, warmest first (the worker's SwitchTier names; "none": not
+# on this replica at all, a Hub download).
+HOLDINGS = ("active", "resident", "host", "disk", "none")
+COLD_HOLDINGS = frozenset({"disk", "none"})  # a file read and a conversion: seconds
+
+
+@dataclass(frozen=True)
+class LoadSeconds:
+    """Expected seconds to make an adapter active from each tier, and of one generation.
+
+    Workers measure these and export them in ``/v1/state`` (``load_seconds``,
+    ``generate_seconds``); the defaults stand in until a worker has measured a tier. They are
+    an SDXL LoRA of ~100 MB on a datacenter GPU: 5 ms resident (a scatter into the slot), 50 ms
+    from pinned host RAM, 1.5 s from local disk (read + convert), 5 s from the Hub, 5 s per image.
+    """
+
+    resident: float = 0.005
+    host: float = 0.05
+    disk: float = 1.5
+    hub: float = 5.0
+    generate: float = 5.0
+
+    def switch(self, holding: str) -> float:
+        """Seconds of the switch a request meets on a replica holding the adapter so."""
+        if holding == "active":
+            return 0.0
+        return getattr(self, "hub" if holding == "none" else holding)
+
+    @classmethod
+    def from_state(cls, tiers: Mapping[str, float], generate: float | None) -> LoadSeconds:
+        """From a worker's ``load_seconds`` / ``generate_seconds`` (missing keys: defaults)."""
+        base = cls()
+        known = {k: float(v) for k, v in tiers.items() if k in ("resident", "host", "disk", "hub")}
+        if generate is not None:
+            known["generate"] = float(generate)
+        return cls(**{**base.__dict__, **known})
+
+
+DEFAULT_LOAD_SECONDS = LoadSeconds()
 
 
 class NoReplicaError(LookupError):
@@ -29,6 +75,21 @@ class ReplicaView:
     active_adapter: str | None  # "<repo>@<commit>" keys as in WorkerState
     resident_adapters: frozenset[str] = frozenset()
     host_cached_adapters: frozenset[str] = frozenset()
+    disk_cached_adapters: frozenset[str] = frozenset()
+    load_seconds: LoadSeconds = DEFAULT_LOAD_SECONDS
+    pool: str = ""  # the base model the worker serves: hot-adapter shares are per pool
+
+    def holding(self, adapter: str) -> str:
+        """Where this replica holds ``adapter``: one of :data:`HOLDINGS`."""
+        if adapter == self.active_adapter:
+            return "active"
+        if adapter in self.resident_adapters:
+            return "resident"
+        if adapter in self.host_cached_adapters:
+            return "host"
+        if adapter in self.disk_cached_adapters:
+            return "disk"
+        return "none"
 
     def tier(self, adapter: str | None) -> int:
         """How warm ``adapter`` is here: 3 active, 2 resident, 1 host-cached, 0 cold."""
@@ -93,7 +154,9 @@ class LeastLoadedPicker:
 
 
 class AdapterAffinityPicker:
-    """Adapter affinity with bounded load — the default.
+    """Residency affinity with bounded load — the default before :class:`PlacementPicker`
+    (strategy ``resident_affinity``). It ignores disk and homes: a cold adapter goes to the
+    least-loaded replica, so a fleet's caches each end up holding the same hot set.
 
     1. Replicas *with room* are those whose ``queue_depth`` is below the pool's shortest
        queue plus ``max_queue_per_replica``. When the pool is idle (shortest queue 0) that is
@@ -135,8 +198,125 @@ class AdapterAffinityPicker:
         return self._rotor.rotate([r for r in warmest if r.queue_depth == lowest])
 
 
-STRATEGIES: dict[str, type[RoundRobinPicker | LeastLoadedPicker | AdapterAffinityPicker]] = {
+class PlacementPicker:
+    """Fleet-wide adapter placement: rendezvous homes, a cost score, bounded load — the default.
+
+    For a request for adapter ``a`` among a pool's ready replicas:
+
+    1. **Homes.** Count the request (:class:`~loraplex.router.homes.HotAdapters`); ``a``'s share
+       of the pool's last ``hot_window_requests`` requests gives it ``k`` homes
+       (:func:`~loraplex.router.homes.home_count`: 1 for the long tail, up to ``max_homes`` for a
+       hot adapter), and its rendezvous ranking over the ready endpoints names them: the first
+       ``k``. Every router computes the same ranking, and a replica joining or leaving moves
+       only ~1/N of the homes.
+    2. **Bounded load.** Replicas *with room* have ``queue_depth`` below the pool's shortest
+       queue plus ``max_queue_per_replica`` (relative, as in :class:`AdapterAffinityPicker`): a
+       home that far behind is passed over.
+    3. **Homes win among cold ones.** If a home has room, the non-homes where ``a`` is cold
+       (on disk or nowhere: a file read and a conversion) drop out, so a cold adapter is loaded
+       where it lives, not on whichever replica happens to be idle — that is what makes the
+       replicas' host caches hold disjoint parts of the catalogue. A warm copy elsewhere
+       (active, resident, host) still competes on its score.
+    4. **Score** = expected switch seconds on that replica, by the tier it holds ``a`` in
+       (active 0, resident, host, disk, none = Hub; priced from the load seconds the worker
+       measured and exports in ``/v1/state``, :class:`LoadSeconds`) + expected queue wait
+       (``queue_depth`` × the worker's seconds per generation). The lowest score wins; ties go
+       by the ranking (homes first, then the adapter's next choices, so spill is consistent).
+
+    ``cold_spill_queue`` (default: ``max_queue_per_replica``) widens step 3's test for cold
+    adapters: a home keeps them until it is that many requests behind the shortest queue (fewer
+    loads, longer queues; docs/placement.md has the trade-off). A pick outside the homes is a
+    *spill* (:meth:`is_spill`): the router says so to the worker, which loads it on probation.
+
+    A base-model request (``adapter=None``) counts nothing: among replicas with room it prefers
+    one with no active adapter, then the shortest queue; ties rotate.
+    """
+
+    def __init__(
+        self,
+        max_queue_per_replica: int = 2,
+        *,
+        max_homes: int = 4,
+        hot_spread: float = 2.0,
+        hot_window_requests: int = 1000,
+        max_tracked: int = 10_000,
+        cold_spill_queue: int | None = None,
+    ) -> None:
+        if max_queue_per_replica < 1 or max_homes < 1 or hot_spread <= 0:
+            raise ValueError(
+                "max_queue_per_replica and max_homes must be ≥ 1 and hot_spread > 0, got "
+                f"{max_queue_per_replica}, {max_homes}, {hot_spread}"
+            )
+        self.max_queue_per_replica = max_queue_per_replica
+        self.cold_spill_queue = max(max_queue_per_replica, cold_spill_queue or 0)
+        self.max_homes = max_homes
+        self.hot_spread = hot_spread
+        self.hot = HotAdapters(hot_window_requests, max_tracked)
+        self._rotor = _Rotor()
+
+    def home_count(self, pool: str, adapter: str, replicas: int) -> int:
+        """How many homes ``adapter`` has now in ``pool`` (without counting a request)."""
+        share = self.hot.share(pool, adapter)
+        return home_count(share, replicas, spread=self.hot_spread, max_homes=self.max_homes)
+
+    def pick(self, replicas: Sequence[ReplicaView], adapter: str | None) -> ReplicaView:
+        _require(replicas)
+        shortest = min(r.queue_depth for r in replicas)
+        bound = shortest + self.max_queue_per_replica
+        candidates = [r for r in replicas if r.queue_depth < bound]  # never empty: bound ≥ 1
+        if adapter is None:
+            return self._pick_base(candidates)
+        share = self.hot.observe(replicas[0].pool, adapter)
+        k = home_count(share, len(replicas), spread=self.hot_spread, max_homes=self.max_homes)
+        rank = {e: i for i, e in enumerate(ranking(adapter, [r.endpoint for r in replicas]))}
+        home_bound = shortest + self.cold_spill_queue
+        at_home = [r for r in replicas if rank[r.endpoint] < k and r.queue_depth < home_bound]
+        if at_home:
+            warm_elsewhere = [
+                r
+                for r in candidates
+                if rank[r.endpoint] >= k and r.holding(adapter) not in COLD_HOLDINGS
+            ]
+            candidates = at_home + warm_elsewhere
+        return min(candidates, key=lambda r: (_score(r, adapter), rank[r.endpoint]))
+
+    def is_spill(
+        self, replicas: Sequence[ReplicaView], adapter: str | None, chosen: ReplicaView
+    ) -> bool:
+        """Whether ``chosen`` (picked from ``replicas``) is *not* one of ``adapter``'s homes: a
+        spill past a busy home. The router tells the worker (``x-loraplex-placement: spill``),
+        which then keeps a fresh load only on probation instead of evicting its own adapters."""
+        if adapter is None or not replicas:
+            return False
+        k = self.home_count(replicas[0].pool, adapter, len(replicas))
+        return chosen.endpoint not in homes(adapter, [r.endpoint for r in replicas], k)
+
+    def _pick_base(self, candidates: list[ReplicaView]) -> ReplicaView:
+        best = min((r.active_adapter is not None, r.queue_depth) for r in candidates)
+        return self._rotor.rotate(
+            [r for r in candidates if (r.active_adapter is not None, r.queue_depth) == best]
+        )
+
+
+def _score(replica: ReplicaView, adapter: str) -> float:
+    """Expected seconds until ``adapter``'s request starts computing on ``replica``."""
+    costs = replica.load_seconds
+    return costs.switch(replica.holding(adapter)) + replica.queue_depth * costs.generate
+
+
+def is_spill(
+    picker: Picker, replicas: Sequence[ReplicaView], adapter: str | None, chosen: ReplicaView
+) -> bool:
+    """Whether ``picker`` sent ``adapter`` past its homes to ``chosen`` (only
+    :class:`PlacementPicker` has homes: any other picker's choice is never a spill)."""
+    return isinstance(picker, PlacementPicker) and picker.is_spill(replicas, adapter, chosen)
+
+
+STRATEGIES: dict[
+    str, type[RoundRobinPicker | LeastLoadedPicker | AdapterAffinityPicker | PlacementPicker]
+] = {
     "round_robin": RoundRobinPicker,
     "least_loaded": LeastLoadedPicker,
-    "adapter_affinity": AdapterAffinityPicker,
+    "resident_affinity": AdapterAffinityPicker,
+    "adapter_affinity": PlacementPicker,
 }

@@ -4,6 +4,12 @@ Every ``interval_s`` it reads each replica's ``GET /v1/state`` (concurrently, on
 flight per replica) and writes the answer into its :class:`~loraplex.router.pools.ReplicaState`;
 a failed, oversized, malformed or wrong-base answer marks the replica not ready.
 
+A replica whose poll failed and then succeeds again was restarted (or its network came back):
+its forwarding backoff ends at once (:meth:`~loraplex.router.retry.ReplicaBackoff.came_back`),
+so it takes requests as soon as it says it is ready. The worker's ``load_error`` (its base
+cannot be served) is kept on the replica until it is ready again; the pool then answers 503
+"failing" with that reason instead of holding (:mod:`loraplex.router.service`).
+
 The poll carries the worker secret (a default header of the router's worker session, see
 :func:`loraplex.router.runtime.worker_headers`); a worker answering 401/403 does not hold the
 router's secret, which is logged once per replica as an error naming the settings to fix (never
@@ -66,6 +72,7 @@ class StatePoller:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._task: asyncio.Task[None] | None = None
         self._refused: set[str] = set()  # endpoints whose refusal of the secret was logged
+        self._unreachable: set[str] = set()  # endpoints whose last poll failed
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="loraplex-state-poller")
@@ -95,6 +102,7 @@ class StatePoller:
                 for endpoint in [e for e in inflight if e not in live]:
                     inflight.pop(endpoint).cancel()
                 self._refused &= live
+                self._unreachable &= live
                 await asyncio.sleep(self.interval_s)
         finally:
             for task in inflight.values():
@@ -113,6 +121,9 @@ class StatePoller:
             self._not_ready(pool, replica, exc)
         else:
             self._refused.discard(replica.endpoint)
+            if replica.endpoint in self._unreachable:
+                self._unreachable.discard(replica.endpoint)
+                replica.backoff.came_back()
             if state.base_model != pool.base_model:
                 log.error(
                     "replica %s serves %s, not %s; ignoring it",
@@ -123,6 +134,7 @@ class StatePoller:
                 replica.ready = False
             else:
                 replica.observe_state(state)
+                note_failure(replica, state)
         pool.refresh()
 
     def _not_ready(self, pool: Pool, replica: ReplicaState, exc: Exception) -> None:
@@ -139,3 +151,15 @@ class StatePoller:
         elif replica.ready:
             log.warning("replica %s of %s not ready: %s", replica.endpoint, pool.base_model, exc)
         replica.ready = False
+        self._unreachable.add(replica.endpoint)
+
+
+def note_failure(replica: ReplicaState, state: WorkerState) -> None:
+    """Keep the worker's reason its base cannot be served until it is ready again (a worker
+    that failed exits, and its restart says nothing until it fails again)."""
+    if state.load_error:
+        if replica.failure != state.load_error:
+            log.error("replica %s cannot serve: %s", replica.endpoint, state.load_error)
+        replica.failure = state.load_error
+    elif state.ready:
+        replica.failure = None

@@ -7,21 +7,27 @@
 * :class:`~loraplex.router.poller.StatePoller` — the I/O shell that polls every replica's
   ``GET /v1/state`` and writes what it reads here (kept out of this module: no aiohttp here).
 
-A replica is *ready* when its last ``/v1/state`` said ``ready: true``; a failed poll or a
-failed forward marks it not ready until the next good poll. Queue depth is the router's best
-knowledge: its own in-flight requests plus what the worker reported beyond those at the last
-poll (other routers' requests), updated again from every answer's headers.
+A replica is *ready* when its last ``/v1/state`` said ``ready: true``; a failed poll marks it
+not ready until the next good poll. It is *available* (picked, and counted by ``ready_event``)
+when ready and not backing off: a forward that lost its request (connection dropped, refused,
+503) takes it out for a backoff (:class:`~loraplex.router.retry.ReplicaBackoff`, exponential,
+capped) that ends early when a state poll reaches it again after failing (it restarted).
+Queue depth is the router's best knowledge: its own in-flight requests plus what the worker
+reported beyond those at the last poll (other routers' requests), updated again from every
+answer's headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from loraplex.router.pick import ReplicaView
+from loraplex.router.pick import DEFAULT_LOAD_SECONDS, LoadSeconds, ReplicaView
+from loraplex.router.retry import BackoffPolicy, ReplicaBackoff
 
 from loraplex.shared.contract import Headers, WorkerState
 
@@ -36,6 +42,11 @@ class ReplicaState:
     active_adapter: str | None = None
     resident: frozenset[str] = frozenset()
     host_cached: frozenset[str] = frozenset()
+    disk_cached: frozenset[str] = frozenset()
+    load_seconds: LoadSeconds = DEFAULT_LOAD_SECONDS  # the worker's measured switch costs
+    base_model: str = ""  # as the worker reports it: the picker's pool key
+    backoff: ReplicaBackoff = field(default_factory=ReplicaBackoff)
+    failure: str | None = None  # why its base cannot be served, as the worker last said
 
     def view(self) -> ReplicaView:
         others = max(0, self.polled_depth - self.own_at_poll)
@@ -45,6 +56,9 @@ class ReplicaState:
             active_adapter=self.active_adapter,
             resident_adapters=self.resident,
             host_cached_adapters=self.host_cached,
+            disk_cached_adapters=self.disk_cached,
+            load_seconds=self.load_seconds,
+            pool=self.base_model,
         )
 
     def observe_state(self, state: WorkerState) -> None:
@@ -54,6 +68,9 @@ class ReplicaState:
         self.active_adapter = state.active_adapter
         self.resident = frozenset(state.resident_adapters)
         self.host_cached = frozenset(state.host_cached_adapters)
+        self.disk_cached = frozenset(state.disk_cached_adapters)
+        self.load_seconds = LoadSeconds.from_state(state.load_seconds, state.generate_seconds)
+        self.base_model = state.base_model
 
     def observe_answer(self, headers: Mapping[str, str]) -> None:
         """A worker answered: it is alive, and its headers say what is active now."""
@@ -73,6 +90,21 @@ class Pool:
     pending: int = 0  # requests held for this pool right now (mirrors the pending gauge)
     # Public LoRA ids served from this pool, oldest first (an ordered set: values unused).
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    backoff_policy: BackoffPolicy = field(default_factory=BackoffPolicy)
+    clock: Callable[[], float] = time.monotonic
+    failing: str | None = None  # set by a pool source that knows the pool fails (why)
+
+    def available(self, replica: ReplicaState) -> bool:
+        """Ready and not backing off: a replica requests may be sent to now."""
+        return replica.ready and not replica.backoff.out(self.clock())
+
+    def failure_reason(self) -> str | None:
+        """Why this pool cannot serve, when no replica is available and its source or a
+        replica said it is failing (a base that cannot be loaded); None otherwise."""
+        if any(self.available(r) for r in self.replicas.values()):
+            return None
+        reported = (r.failure for r in self.replicas.values() if r.failure)
+        return self.failing or next(reported, None)
 
     def set_endpoints(self, endpoints: Iterable[str]) -> None:
         wanted = list(dict.fromkeys(endpoints))
@@ -83,14 +115,16 @@ class Pool:
         self.refresh()
 
     def refresh(self) -> None:
-        if any(r.ready for r in self.replicas.values()):
+        if any(self.available(r) for r in self.replicas.values()):
             self.ready_event.set()
         else:
             self.ready_event.clear()
 
     def ready_views(self, exclude: Iterable[str] = ()) -> list[ReplicaView]:
         skip = set(exclude)
-        return [r.view() for r in self.replicas.values() if r.ready and r.endpoint not in skip]
+        return [
+            r.view() for r in self.replicas.values() if self.available(r) and r.endpoint not in skip
+        ]
 
     @property
     def ready_count(self) -> int:
@@ -119,11 +153,14 @@ class Pool:
         """The remembered adapter ids, newest first."""
         return list(reversed(self.recent))
 
-    def mark_failed(self, endpoint: str) -> None:
+    def mark_failed(self, endpoint: str) -> float:
+        """A request was lost on ``endpoint``: back it off; returns the backoff in seconds."""
         replica = self.replicas.get(endpoint)
-        if replica is not None:
-            replica.ready = False
-            self.refresh()
+        if replica is None:
+            return 0.0
+        delay = replica.backoff.failed(self.clock(), self.backoff_policy)
+        self.refresh()
+        return delay
 
 
 @dataclass
@@ -132,9 +169,21 @@ class PoolRegistry:
 
     pools: dict[str, Pool] = field(default_factory=dict)
     synced: bool = False
+    backoff_policy: BackoffPolicy = field(default_factory=BackoffPolicy)
+    clock: Callable[[], float] = time.monotonic
 
     def set_pool(self, base_model: str, endpoints: Iterable[str]) -> None:
-        self.pools.setdefault(base_model, Pool(base_model)).set_endpoints(endpoints)
+        pool = self.pools.get(base_model)
+        if pool is None:
+            pool = Pool(base_model, backoff_policy=self.backoff_policy, clock=self.clock)
+            self.pools[base_model] = pool
+        pool.set_endpoints(endpoints)
+
+    def set_failing(self, base_model: str, reason: str | None) -> None:
+        """A pool source says the pool fails (``reason``), or no longer (None)."""
+        pool = self.pools.get(base_model)
+        if pool is not None:
+            pool.failing = reason
 
     def remove_pool(self, base_model: str) -> None:
         pool = self.pools.pop(base_model, None)

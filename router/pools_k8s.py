@@ -65,6 +65,16 @@ def pool_endpoints(
     return {base: sorted(set(urls)) for base, urls in result.items()}
 
 
+def pool_failure(obj: Mapping[str, Any]) -> str | None:
+    """Pure: why a BaseModelPool's workers fail, from its ``Degraded=True`` condition (the
+    operator's reading of CrashLoopBackOff, ImagePullBackOff, …), or None."""
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Degraded" and cond.get("status") in (True, "True"):
+            reason, message = cond.get("reason") or "Degraded", cond.get("message") or ""
+            return f"{reason}: {message}" if message else reason
+    return None
+
+
 def _key(obj: Mapping[str, Any]) -> str:
     metadata = obj["metadata"]
     return f"{metadata.get('namespace') or ''}/{metadata['name']}"
@@ -77,6 +87,7 @@ class KubernetesPoolSource:
         self.namespace = namespace
         self._api = api_client
         self._pools: dict[str, str] = {}  # pool name -> base model
+        self._failing: dict[str, str] = {}  # base model -> why its workers fail
         self._slices: dict[str, dict[str, Any]] = {}
         self._listed = {"pools": False, "slices": False}
         self._registry: PoolRegistry | None = None
@@ -137,9 +148,15 @@ class KubernetesPoolSource:
         name = _key(obj)
         base = (obj.get("spec") or {}).get("baseModel")
         if kind == "DELETED" or not base:
-            self._pools.pop(name, None)
+            old = self._pools.pop(name, None)
+            self._failing.pop(old or "", None)
+            return
+        self._pools[name] = base
+        failure = pool_failure(obj)
+        if failure is None:
+            self._failing.pop(base, None)
         else:
-            self._pools[name] = base
+            self._failing[base] = failure
 
     def _on_slice(self, kind: str, obj: Mapping[str, Any]) -> None:
         name = _key(obj)
@@ -157,6 +174,7 @@ class KubernetesPoolSource:
             registry.remove_pool(base)
         for base, urls in wanted.items():
             registry.set_pool(base, urls)
+            registry.set_failing(base, self._failing.get(base))
         registry.synced = True
 
     async def _watch_forever(

@@ -8,7 +8,9 @@ Three layers, innermost pure:
   ``base_model`` may be a string or a list (the first *served* one wins).
 * :class:`Resolver` — the cache in front of a :class:`CardSource`: TTL, negative caching, an
   LRU size bound, single flight (concurrent lookups of one key share one fetch) and
-  stale-on-error (a cached answer keeps serving while the source is down; counted). Gated and
+  stale-on-error (a cached answer keeps serving while the source is down; counted; an id with
+  no cached answer gets 503 with Retry-After, :class:`HubUnavailable`: the Hub being down is
+  not the caller's fault, and retrying later works). Gated and
   private repos are cached per token hash and never under the anonymous key, so a private
   route is never served to another user. Tokens are hashed, never stored or logged.
 * Sources (:mod:`loraplex.router.cards`): ``HubCardSource`` (the real ``huggingface_hub``
@@ -33,7 +35,7 @@ from loraplex.shared.errors import (
     NotFound,
     NotServable,
     Unauthorized,
-    UpstreamFailed,
+    Unavailable,
 )
 from loraplex.shared.ids import validate_model_id
 
@@ -43,8 +45,16 @@ TEXT_TO_IMAGE = "text-to-image"
 _ADAPTER_TAG = "base_model:adapter:"
 
 
+LOOKUP_RETRY_AFTER_S = 5.0  # Retry-After of a lookup the Hub could not answer
+
+
 class SourceUnavailable(Exception):
     """The card source could not answer (Hub down, timeout, 5xx): a cached answer may serve."""
+
+
+class HubUnavailable(Unavailable):
+    """No cached answer and the Hub cannot be asked now: 503 with Retry-After (an
+    :class:`~loraplex.shared.errors.Unavailable`, so the one mapping gives it that status)."""
 
 
 @dataclass(frozen=True)
@@ -277,8 +287,10 @@ class Resolver:
             old = self._entries.get(key) or self._entries.get((model_id, None))
             if old is not None and old.stale_until > now:
                 return old, "stale"
-            raise UpstreamFailed(
-                f"cannot look up {model_id} on the Hub right now ({exc}); retry shortly"
+            raise HubUnavailable(
+                f"cannot look up {model_id} on the Hub right now ({exc}); retry in about "
+                f"{LOOKUP_RETRY_AFTER_S:.0f} s",
+                retry_after_s=LOOKUP_RETRY_AFTER_S,
             ) from None
         except (NotFound, Unauthorized, Forbidden, NotServable) as exc:
             cached = exc.with_traceback(None)  # keep the answer, not the frames (and tokens)

@@ -11,10 +11,11 @@ from huggingface_hub import HfApi
 from loraplex.router.cards import HubCardSource, LocalCardSource
 from loraplex.router.forward import Forwarder
 from loraplex.router.metrics import RouterMetrics
-from loraplex.router.pick import STRATEGIES, AdapterAffinityPicker, Picker
+from loraplex.router.pick import STRATEGIES, AdapterAffinityPicker, Picker, PlacementPicker
 from loraplex.router.poller import StatePoller
 from loraplex.router.pools import PoolRegistry, PoolSource, StaticPoolSource
 from loraplex.router.resolve import CardSource, Resolver, Route, classify
+from loraplex.router.retry import BackoffPolicy
 from loraplex.router.service import RouterService
 from loraplex.router.settings import RouterSettings
 
@@ -67,6 +68,13 @@ def default_pool_source(settings: RouterSettings) -> PoolSource:
 
 def make_picker(settings: RouterSettings) -> Picker:
     if settings.pick_strategy == "adapter_affinity":
+        return PlacementPicker(
+            settings.max_queue_per_replica,
+            max_homes=settings.max_homes,
+            hot_spread=settings.hot_spread,
+            hot_window_requests=settings.hot_window_requests,
+        )
+    if settings.pick_strategy == "resident_affinity":
         return AdapterAffinityPicker(settings.max_queue_per_replica)
     return STRATEGIES[settings.pick_strategy]()
 
@@ -94,7 +102,12 @@ async def build_runtime(
     pool_source: PoolSource | None = None,
 ) -> RouterRuntime:
     metrics = RouterMetrics()
-    registry = PoolRegistry()
+    registry = PoolRegistry(
+        backoff_policy=BackoffPolicy(
+            settings.replica_backoff_s,
+            max(settings.replica_backoff_s, settings.replica_backoff_max_s),
+        )
+    )
     connector = aiohttp.TCPConnector(limit=settings.max_connections, limit_per_host=0)
     session = aiohttp.ClientSession(
         connector=connector, auto_decompress=False, headers=worker_headers(settings)
@@ -135,6 +148,7 @@ async def build_runtime(
         estimated_warmup_s=settings.estimated_warmup_s,
         request_timeout_s=settings.request_timeout_s,
         recent_adapters=settings.recent_adapters,
+        retry_budget=settings.retry_budget,
     )
     # Reversed: the last one noted is listed first, so the list reads in id order.
     for route in reversed(await asyncio.to_thread(open_adapter_routes, cards, registry.served())):

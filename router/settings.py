@@ -85,8 +85,13 @@ class RouterSettings(EdgeSettings):
     resolve_cache_size: int = Field(10_000, ge=1, description="Most cached ids (LRU); ~1 KB each.")
 
     # --- picking and forwarding -------------------------------------------------------------
-    pick_strategy: Literal["adapter_affinity", "least_loaded", "round_robin"] = Field(
-        "adapter_affinity", description="Replica picking strategy (router/pick.py)."
+    pick_strategy: Literal[
+        "adapter_affinity", "resident_affinity", "least_loaded", "round_robin"
+    ] = Field(
+        "adapter_affinity",
+        description="Replica picking strategy (router/pick.py): adapter_affinity = "
+        "PlacementPicker (rendezvous homes + load-seconds score, docs/placement.md); "
+        "resident_affinity = the previous default (residency only).",
     )
     max_queue_per_replica: int = Field(
         2,
@@ -95,7 +100,34 @@ class RouterSettings(EdgeSettings):
         "the pool's shortest gets no request for its warm adapter — spreads a hot adapter.",
     )
     attempts: int = Field(
-        3, ge=1, description="Replicas tried per request before 502 (failures before the answer)."
+        3,
+        ge=1,
+        description="Replicas tried per round before the request holds again or fails "
+        "(failures before the answer). 502 only when replicas answered and failed this very "
+        "request; replicas that went away make it hold and retry (retry_budget).",
+    )
+    retry_budget: int = Field(
+        6,
+        ge=1,
+        description="Forwarding attempts one request may make in all (count), across the "
+        "holds between rounds: a request whose replicas restart under it holds for a ready "
+        "one and tries again, but a replica that keeps dropping connections cannot bounce it "
+        "forever. Spent with replicas still lost: 503 with Retry-After. 6 rides out three "
+        "restarts of a two-replica pool.",
+    )
+    replica_backoff_s: float = Field(
+        0.5,
+        ge=0,
+        description="Seconds a replica that dropped a connection (refused, reset, 503) stays "
+        "out of picking after its first such failure; doubles per consecutive failure up to "
+        "replica_backoff_max_s. It comes back early once a state poll reaches it again after "
+        "failing (it restarted), and a good answer resets the count.",
+    )
+    replica_backoff_max_s: float = Field(
+        10.0,
+        ge=0,
+        description="Cap of that backoff (seconds): a replica that keeps dropping connections "
+        "is tried again at least this often, never taken out for good.",
     )
     request_timeout_s: float = Field(
         120.0,
@@ -117,7 +149,9 @@ class RouterSettings(EdgeSettings):
     hold_timeout_s: float = Field(
         60.0,
         ge=0,
-        description="How long a request waits for a pool with no ready replica before 503.",
+        description="How long (seconds, in all per request) a request waits for a pool with "
+        "no available replica — scaling from zero, or every replica restarting or backing "
+        "off — before 503 with Retry-After.",
     )
     estimated_warmup_s: float = Field(
         60.0,
@@ -171,6 +205,29 @@ class RouterSettings(EdgeSettings):
         "in embedded mode (models_dir) the folder's open LoRAs at start. Public repos only: a "
         "gated or private adapter (resolved with a caller's token) is never listed. Kept in "
         "memory per router replica; 0: none listed.",
+    )
+
+    # --- fleet-wide adapter placement (PlacementPicker, docs/placement.md) ------------------
+    max_homes: int = Field(
+        4,
+        ge=1,
+        description="Most home replicas a hot adapter gets (rendezvous hashing over the pool's "
+        "ready replicas); the long tail has one home each. Bounds how many replicas' caches a "
+        "hot adapter occupies, like llm-d's maxReplicas.",
+    )
+    hot_spread: float = Field(
+        2.0,
+        gt=0,
+        description="Homes per replica's worth of traffic: an adapter with share s of a pool's "
+        "requests over N replicas gets ceil(hot_spread·s·N) homes (≥ 1, ≤ max_homes). 2 leaves "
+        "each home half busy with it, so bounded load can balance.",
+    )
+    hot_window_requests: int = Field(
+        1000,
+        ge=1,
+        description="Requests of a pool over which an adapter's share is measured (an "
+        "exponentially decayed count, aged per request, no clock). Shorter reacts faster to a "
+        "new hot adapter; longer keeps homes steadier. ~10 KB per 100 tracked adapters.",
     )
 
     @field_validator("worker_secret", mode="before")

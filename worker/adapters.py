@@ -14,7 +14,12 @@ Policy (:class:`AdapterCache`):
 * ``admit`` stores a new host value and promotes it. A value bigger than a tier's whole budget
   is simply not kept there (the request still runs: the slot holds a copy).
 * Eviction is least-recently-used per tier; dropping from the resident tier keeps the host copy,
-  so a later use costs a host→device copy, not a disk read.
+  so a later use costs a host→device copy, not a disk read. A resident hit also counts as a use
+  of the host copy (the host tier holds every resident adapter).
+* ``admit(..., keep=False)`` — a request the router spilled past the adapter's homes — keeps
+  the host copy on probation: least recently used, the first to go unless used again.
+* ``host_policy="tinylfu"`` adds TinyLFU admission to the host tier (:class:`AccessCounts`); the
+  default stays LRU, which measured better on ``bench/placement.py`` (docs/placement.md).
 
 Keys are ``(repo_id, commit)``: a branch name is resolved to its commit before lookup, so a
 pushed update is a new entry and never serves stale weights.
@@ -25,7 +30,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, Literal, NamedTuple, TypeVar
 
 from loraplex.shared.contract import SwitchTier
 from loraplex.shared.errors import NotServable
@@ -34,6 +39,9 @@ V = TypeVar("V")
 
 PREFERRED_WEIGHT_FILE = "pytorch_lora_weights.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+HostPolicy = Literal["lru", "tinylfu"]
+HOST_POLICIES: tuple[HostPolicy, ...] = ("lru", "tinylfu")
+FREQUENCY_WINDOW = 10_000  # lookups between halvings of the use counts (TinyLFU's sample)
 
 
 class AdapterKey(NamedTuple):
@@ -52,14 +60,55 @@ class _Entry(Generic[V]):
     nbytes: int
 
 
-class LruTier(Generic[V]):
-    """A least-recently-used map bounded in bytes and, optionally, in entries."""
+class AccessCounts:
+    """How often each key was asked for lately: TinyLFU's frequency estimate, exact and bounded.
 
-    def __init__(self, capacity_bytes: int, max_entries: int | None = None) -> None:
+    :meth:`record` adds one to a key's count; after every ``window`` records all counts halve
+    (integer division, zeros forgotten), so a count is roughly the key's uses over the last
+    ``window`` or two and at most ~``2 × window`` keys are remembered.
+    """
+
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"window must be ≥ 1, got {window}")
+        self.window = window
+        self._counts: dict[AdapterKey, int] = {}
+        self._since_reset = 0
+
+    def __getitem__(self, key: AdapterKey) -> int:
+        return self._counts.get(key, 0)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def record(self, key: AdapterKey) -> None:
+        self._counts[key] = self._counts.get(key, 0) + 1
+        self._since_reset += 1
+        if self._since_reset >= self.window:
+            self._since_reset = 0
+            self._counts = {k: c // 2 for k, c in self._counts.items() if c > 1}
+
+
+class LruTier(Generic[V]):
+    """A least-recently-used map bounded in bytes and, optionally, in entries.
+
+    With ``admission`` (an :class:`AccessCounts`), a new key that would evict others is stored
+    only if it was used more often lately than each of them (TinyLFU's admission filter): a
+    one-off does not push out what is used again and again, and ties keep the incumbents.
+    """
+
+    def __init__(
+        self,
+        capacity_bytes: int,
+        max_entries: int | None = None,
+        *,
+        admission: AccessCounts | None = None,
+    ) -> None:
         if capacity_bytes < 0 or (max_entries is not None and max_entries < 0):
             raise ValueError("tier capacity must not be negative")
         self.capacity_bytes = capacity_bytes
         self.max_entries = max_entries
+        self.admission = admission
         self._entries: OrderedDict[AdapterKey, _Entry[V]] = OrderedDict()
         self.bytes_used = 0
 
@@ -84,25 +133,44 @@ class LruTier(Generic[V]):
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.capacity_bytes and self.max_entries != 0
 
-    def put(self, key: AdapterKey, value: V, nbytes: int) -> list[AdapterKey]:
+    def put(
+        self, key: AdapterKey, value: V, nbytes: int, *, recent: bool = True
+    ) -> list[AdapterKey]:
         """Store ``value``, evicting least recently used entries; returns the evicted keys.
 
-        A value bigger than the whole tier is not stored (and evicts nothing).
+        A value bigger than the whole tier is not stored (and evicts nothing), nor is one the
+        admission filter refuses. ``recent=False`` stores it as the *least* recently used entry:
+        the first to go unless it is used again (a probation slot).
         """
         if not self.fits(nbytes):
             return []
-        self.pop(key)
-        evicted = []
-        while self._entries and (
-            self.bytes_used + nbytes > self.capacity_bytes
-            or (self.max_entries is not None and len(self._entries) >= self.max_entries)
-        ):
-            old_key, old = self._entries.popitem(last=False)
-            self.bytes_used -= old.nbytes
-            evicted.append(old_key)
+        present = self.pop(key) is not None
+        victims = self._victims(nbytes)
+        if victims and self.admission is not None and not present:
+            wanted = self.admission[key]
+            if any(self.admission[v] >= wanted for v in victims):
+                return []
+        for old_key in victims:
+            self.bytes_used -= self._entries.pop(old_key).nbytes
         self._entries[key] = _Entry(value, nbytes)
         self.bytes_used += nbytes
-        return evicted
+        if not recent:
+            self._entries.move_to_end(key, last=False)
+        return victims
+
+    def _victims(self, nbytes: int) -> list[AdapterKey]:
+        """The least recently used keys that must go for ``nbytes`` more to fit."""
+        victims: list[AdapterKey] = []
+        used, count = self.bytes_used, len(self._entries)
+        for old_key in self._entries:  # least recently used first
+            if used + nbytes <= self.capacity_bytes and (
+                self.max_entries is None or count < self.max_entries
+            ):
+                break
+            victims.append(old_key)
+            used -= self._entries[old_key].nbytes
+            count -= 1
+        return victims
 
     def pop(self, key: AdapterKey) -> V | None:
         entry = self._entries.pop(key, None)
@@ -127,23 +195,37 @@ class AdapterCache(Generic[V]):
         resident_slots: int,
         host_bytes: int,
         to_device: Callable[[V], V],
+        host_policy: HostPolicy = "lru",
+        frequency_window: int = FREQUENCY_WINDOW,
     ) -> None:
+        if host_policy not in HOST_POLICIES:
+            raise ValueError(f"host_policy must be one of {HOST_POLICIES}, got {host_policy!r}")
+        self.host_policy = host_policy
+        self.counts = AccessCounts(frequency_window)
         self.resident: LruTier[V] = LruTier(resident_bytes, resident_slots)
-        self.host: LruTier[V] = LruTier(host_bytes)
+        admission = self.counts if host_policy == "tinylfu" else None
+        self.host: LruTier[V] = LruTier(host_bytes, admission=admission)
         self._to_device = to_device
 
     def lookup(self, key: AdapterKey, nbytes_of: Callable[[V], int]) -> Hit[V] | None:
+        self.counts.record(key)
         value = self.resident.get(key)
         if value is not None:
+            self.host.get(key)  # the host tier holds it too: this use counts there as well
             return Hit(SwitchTier.RESIDENT, value)
         value = self.host.get(key)
         if value is None:
             return None
         return Hit(SwitchTier.HOST, self._promote(key, value, nbytes_of(value)))
 
-    def admit(self, key: AdapterKey, host_value: V, nbytes: int) -> V:
-        """Keep a freshly converted value; returns the value to copy into the slot."""
-        self.host.put(key, host_value, nbytes)
+    def admit(self, key: AdapterKey, host_value: V, nbytes: int, *, keep: bool = True) -> V:
+        """Keep a freshly converted value; returns the value to copy into the slot.
+
+        ``keep=False`` (a request the router *spilled* here, past the adapter's busy home) still
+        serves from the slot but keeps the host copy only on probation — as the least recently
+        used entry, the first to go — so a one-off does not evict this replica's own adapters.
+        """
+        self.host.put(key, host_value, nbytes, recent=keep)
         return self._promote(key, host_value, nbytes)
 
     def _promote(self, key: AdapterKey, host_value: V, nbytes: int) -> V:

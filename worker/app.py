@@ -18,8 +18,11 @@ state as :class:`~loraplex.shared.contract.Readiness` (starting, downloading wit
 loading, warming_up, ready, failed with the reason; :mod:`loraplex.worker.progress`): 200 once
 ready, else 503 with ``error`` as every 503 has.
 
-If the base cannot be loaded, ``/healthz`` answers 503 with the reason (as does ``/readyz``), so
-Kubernetes' liveness probe restarts the pod with backoff instead of leaving it unready forever.
+If the base cannot be loaded or served (a missing repo, corrupt files, a pipeline this worker
+cannot serve: ``NotServable`` at Engine construction), ``/healthz`` answers 503 with the reason
+(as does ``/readyz``, state ``failed``) and ``on_load_failed`` is called with the reason: the
+``loraplex worker`` command then exits non-zero shortly after (:mod:`loraplex.worker.cli`), so
+Kubernetes shows CrashLoopBackOff with the reason in the pod log instead of a pod unready forever.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from functools import partial
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from loraplex.worker.auth import RouterOnly
+from loraplex.worker.convert import slow_kind
+from loraplex.worker.load_costs import DiskListing, LoadCosts, scan_hf_cache
 from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.pipeline import Engine, Generated
 from loraplex.worker.progress import LoadProgress
@@ -68,6 +73,7 @@ class Job:
     request: GenerateRequest
     token: str | None
     enqueued: float = field(default_factory=time.perf_counter)
+    spill: bool = False  # the router sent it past the adapter's homes (Headers.PLACEMENT)
 
 
 @dataclass
@@ -87,15 +93,34 @@ class WorkerRuntime:
     ready: bool = False
     load_error: str | None = None
     progress: LoadProgress = field(default_factory=LoadProgress)  # what /readyz says
+    # What /v1/state tells the router's placement: measured switch costs, the disk tier.
+    load_costs: LoadCosts = field(init=False)
+    disk: DiskListing = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.load_costs = LoadCosts(settings.load_cost_alpha)
+        scan = scan_hf_cache(settings.cache_dir, frozenset({settings.base_model}))
+        self.disk = DiskListing(
+            scan,
+            time.monotonic,
+            ttl_s=settings.disk_scan_interval_s,
+            limit=settings.state_disk_adapters,
+        )
 
     def run(self, job: Job, cancel: CancelToken) -> Outcome:
         """Device thread: one generation, with its metrics; stops once ``cancel`` is set."""
         queued = time.perf_counter() - job.enqueued
         assert self.engine is not None
-        generated = self.engine.generate(job.request, job.token, cancel)
+        spill = {"spill": True} if job.spill else {}  # only when set: wrappers take 3 args
+        generated = self.engine.generate(job.request, job.token, cancel, **spill)
         tier = generated.switch.tier.value
         self.metrics.switch_seconds.labels(tier=tier).observe(generated.switch.seconds)
+        if generated.switch.slow_reason is not None:
+            self.metrics.slow_switches.labels(reason=slow_kind(generated.switch.slow_reason)).inc()
         self.metrics.inference_seconds.observe(generated.compute_seconds)
+        self.load_costs.observe_switch(tier, generated.switch.seconds)
+        self.load_costs.observe_generate(generated.compute_seconds)
         return Outcome(generated, queued)
 
     def refresh_gauges(self) -> None:
@@ -126,20 +151,38 @@ class WorkerRuntime:
             resident_adapters=snap.resident if snap else [],
             host_cached_adapters=snap.host if snap else [],
             free_slots=snap.free_slots if snap else settings.max_adapter_slots,
+            disk_cached_adapters=self.disk.keys() if settings.state_disk_adapters else [],
+            load_seconds=self.load_costs.load_seconds(),
+            generate_seconds=self.load_costs.generate_seconds(),
+            load_error=self.load_error,
         )
 
 
-async def _warm(runtime: WorkerRuntime, factory: EngineFactory) -> None:
-    """Load the base and run one warm-up generation, then turn ready."""
+def load_failure_text(base_model: str, exc: Exception) -> str:
+    """The one line that says why ``base_model`` cannot be served (log, /readyz, exit)."""
+    why = exc.message if isinstance(exc, LoraplexError) else f"{type(exc).__name__}: {exc}"
+    return f"loading base {base_model} failed: {why}"
+
+
+async def _warm(
+    runtime: WorkerRuntime, factory: EngineFactory, on_failed: Callable[[str], None] | None
+) -> None:
+    """Load the base and run one warm-up generation, then turn ready; on failure report it
+    (/healthz, /readyz) and call ``on_failed`` with the reason."""
     started = time.perf_counter()
     try:
         engine = await asyncio.to_thread(factory, runtime.settings)
         runtime.progress.warming_up()
         await asyncio.to_thread(engine.warm_up)
-    except Exception as exc:  # any failure: reported by /healthz (503) so the pod restarts
-        runtime.load_error = f"loading base {runtime.settings.base_model} failed: {exc!r}"
+    except Exception as exc:  # not hidden: reported, logged and (CLI) the process exits non-zero
+        runtime.load_error = load_failure_text(runtime.settings.base_model, exc)
         runtime.progress.failed(runtime.load_error)
-        log.exception("%s", runtime.load_error)
+        if isinstance(exc, LoraplexError):  # a verdict (not servable, no such repo): no trace
+            log.error("%s", runtime.load_error)
+        else:
+            log.exception("%s", runtime.load_error)
+        if on_failed is not None:
+            on_failed(runtime.load_error)
         return
     runtime.engine = engine
     runtime.ready = True
@@ -147,9 +190,16 @@ async def _warm(runtime: WorkerRuntime, factory: EngineFactory) -> None:
     log.info("worker ready in %.1f s", time.perf_counter() - started)
 
 
-def create_app(settings: WorkerSettings, *, engine_factory: EngineFactory | None = None) -> FastAPI:
+def create_app(
+    settings: WorkerSettings,
+    *,
+    engine_factory: EngineFactory | None = None,
+    on_load_failed: Callable[[str], None] | None = None,
+) -> FastAPI:
     """The worker's API app; ``engine_factory`` defaults to loading the base from the Hub
     (reporting the download and load to ``/readyz``; another factory's load shows as starting).
+    ``on_load_failed`` is called (in the event loop) with the reason when the base cannot be
+    loaded or served; the CLI exits non-zero then, an in-process test server keeps answering.
 
     Raises ValueError when the settings would expose it without a secret (off loopback)."""
     problem = settings.exposure_problem()
@@ -169,7 +219,9 @@ def create_app(settings: WorkerSettings, *, engine_factory: EngineFactory | None
         )
         runtime.executor.start()
         app.state.runtime = runtime
-        warming = asyncio.create_task(_warm(runtime, factory), name="worker-warm-up")
+        warming = asyncio.create_task(
+            _warm(runtime, factory, on_load_failed), name="worker-warm-up"
+        )
         try:
             yield
         finally:
@@ -218,6 +270,7 @@ def _routes(app: FastAPI) -> None:
             budget_s = deadline_budget_s(request.headers.get(Headers.DEADLINE_MS))
             cancel = CancelToken.with_budget(budget_s)
             job = Job(body, bearer_token(request.headers.get("authorization")))
+            job.spill = request.headers.get(Headers.PLACEMENT) == "spill"
             if runtime.engine is not None:  # refuse an oversized image before it queues
                 runtime.engine.check_size(body)
             outcome: Outcome = await runtime.executor.submit(
@@ -233,7 +286,8 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/v1/state")
     async def state(request: Request) -> WorkerState:
-        return _runtime(request).state()
+        # In a thread: every disk_scan_interval_s the state re-scans the HF cache.
+        return await asyncio.to_thread(_runtime(request).state)
 
 
 STARTING = "starting: the worker's runtime is not built yet"
@@ -324,4 +378,6 @@ def _image_response(outcome: Outcome, runtime: WorkerRuntime) -> Response:
     }
     if switch.active is not None:
         headers[Headers.ADAPTER_COMMIT] = switch.active.commit
+    if switch.slow_reason:
+        headers[Headers.SLOW_REASON] = switch.slow_reason.encode("ascii", "replace").decode()
     return Response(generated.image, media_type=generated.media_type, headers=headers)

@@ -6,6 +6,12 @@ and metrics on ``metrics_port`` (:mod:`loraplex.worker.app`). On SIGTERM the API
 accepting connections and waits up to ``LORAPLEX_WORKER_SHUTDOWN_GRACE_SECONDS`` for requests
 in progress to finish before the lifespan stops the device executor; the metrics server keeps
 answering until then (liveness stays green through the drain) and stops last.
+
+Fail loudly: a base that cannot be loaded or served (no such repo, corrupt files, a pipeline
+this worker cannot serve) is logged at ERROR with the model id and the reason; ``/readyz``
+says ``failed`` with it for :data:`FAILED_REPORT_S`, then the process exits with
+:data:`EXIT_LOAD_FAILED` — Kubernetes restarts it with backoff (CrashLoopBackOff, the reason in
+the pod log) and ``loraplex up`` reads the reason and stops, instead of a worker unready forever.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import uvicorn
@@ -26,6 +34,12 @@ from pydantic import ValidationError
 
 from loraplex.shared.edge import uvicorn_edge_options
 from loraplex.shared.logs import configure_logging
+
+log = logging.getLogger("loraplex.worker")
+EXIT_LOAD_FAILED = 3  # the exit status of a worker whose base cannot be loaded or served
+# Seconds a worker whose load failed keeps answering /readyz "failed" (and /healthz 503) before
+# it exits, so a supervisor polling readiness (loraplex up: every 0.2 s) reads the reason.
+FAILED_REPORT_S = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,9 +108,24 @@ def _config(
     )
 
 
-def serve(settings: WorkerSettings, log_level: str) -> None:
-    """Serve both ports until SIGTERM/SIGINT (see the module docstring)."""
-    api_app = create_app(settings)
+def serve(settings: WorkerSettings, log_level: str) -> int:
+    """Serve both ports until SIGTERM/SIGINT (0), or until the base failed to load
+    (:data:`EXIT_LOAD_FAILED`); see the module docstring."""
+    failures: list[str] = []
+
+    def load_failed(reason: str) -> None:
+        failures.append(reason)
+        log.error(
+            "worker for %s cannot serve: %s; exiting with code %d in %.0f s",
+            settings.base_model,
+            reason,
+            EXIT_LOAD_FAILED,
+            FAILED_REPORT_S,
+        )
+        stop = partial(setattr, api, "should_exit", True)
+        asyncio.get_running_loop().call_later(FAILED_REPORT_S, stop)
+
+    api_app = create_app(settings, on_load_failed=load_failed)
     grace_s = int(settings.shutdown_grace_seconds)
     edge = uvicorn_edge_options(settings)  # the request-head timeout (loraplex.shared.edge)
     api_config = _config(
@@ -126,6 +155,7 @@ def serve(settings: WorkerSettings, log_level: str) -> None:
 
     with asyncio.Runner(loop_factory=api_config.get_loop_factory()) as runner:
         runner.run(both())
+    return EXIT_LOAD_FAILED if failures else 0
 
 
 def quiet_progress_bars() -> None:
@@ -153,5 +183,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, json_lines=args.json_logs)
     quiet_progress_bars()
     pin_malloc_thresholds()
-    serve(settings, args.log_level.lower())
-    return 0
+    return serve(settings, args.log_level.lower())

@@ -33,6 +33,10 @@ downloaded). Downloads over 50 MiB log their progress and rate
 (:class:`~loraplex.worker.progress.DownloadLog`: about ten lines per file): adapters at INFO;
 the base at INFO too unless stderr is a terminal (DEBUG then: whoever watches it has
 ``/readyz``, and ``loraplex up`` draws its own progress lines there).
+
+Disk faults (:mod:`loraplex.worker.cache_files`): a full disk during a download answers 503
+with Retry-After, saying so, and leaves no partial file; a cached file cut short is removed and
+downloaded again, not refused. Hub errors map to domain errors in :mod:`loraplex.worker.hub_errors`.
 """
 
 from __future__ import annotations
@@ -45,8 +49,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,34 +62,16 @@ from huggingface_hub import (
     snapshot_download,
     try_to_load_from_cache,
 )
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
 from huggingface_hub.hf_api import RepoSibling
 from huggingface_hub.utils import filter_repo_objects
 from loraplex.worker.adapters import AdapterKey, DiskEntry, choose_weight_file, disk_evictions
+from loraplex.worker.cache_files import disk_errors, drop_cached, incomplete_reason
 from loraplex.worker.hub_bars import BarSink, counting_bars
+from loraplex.worker.hub_errors import hub_errors
 from loraplex.worker.progress import LOGGED_DOWNLOAD_BYTES, DownloadLog, LoadProgress
 
 from loraplex.shared.contract import AdapterRef
-from loraplex.shared.errors import (
-    Forbidden,
-    LoraplexError,
-    NotFound,
-    PayloadTooLarge,
-    Unauthorized,
-    UpstreamFailed,
-)
-
-try:  # huggingface_hub 2.x talks through httpx2; 1.x through httpx
-    from httpx2 import HTTPError as HubTransportError
-except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
-    from httpx import HTTPError as HubTransportError
+from loraplex.shared.errors import PayloadTooLarge, Unauthorized, UpstreamFailed
 
 log = logging.getLogger(__name__)
 COMMIT = re.compile(r"[0-9a-f]{40}")  # used with fullmatch: no trailing newline
@@ -236,14 +221,22 @@ class HubFetcher:
             )
 
     def cached_path(self, weight: WeightFile) -> Path | None:
-        """The file in the HF cache (the disk tier), without any network call."""
+        """The file in the HF cache (the disk tier), without any network call. A copy cut
+        short is removed and None returned, so it is downloaded again (not refused for ever)."""
         found = try_to_load_from_cache(
             weight.key.repo_id,
             weight.filename,
             cache_dir=self.cache_dir,
             revision=weight.key.commit,
         )
-        return Path(found) if isinstance(found, str) else None
+        return Path(found) if isinstance(found, str) and self._whole(weight, Path(found)) else None
+
+    def _whole(self, weight: WeightFile, path: Path) -> bool:
+        reason = incomplete_reason(path, weight.size)
+        if reason is not None:
+            log.warning("cached %s is cut short (%s): removed, to download again", weight, reason)
+            drop_cached(path)
+        return reason is None
 
     def download(self, weight: WeightFile, token: str | None) -> Path:
         token = token or get_token()
@@ -252,17 +245,21 @@ class HubFetcher:
         bars: dict[str, Any] = {}
         if progress_log is not None:
             bars["tqdm_class"] = counting_bars(_sink(progress_log))
-        with hub_errors(f"adapter {weight.key}", token):
-            path = Path(
-                hf_hub_download(
-                    weight.key.repo_id,
-                    weight.filename,
-                    revision=weight.key.commit,
-                    cache_dir=self.cache_dir,
-                    token=token,
-                    **bars,
+        what = f"adapter {weight.key}"
+        with hub_errors(what, token), disk_errors(what, self.cache_dir, weight.key.repo_id):
+            for attempt in range(2):  # hf_hub_download trusts a cached blob: drop a short one
+                path = Path(
+                    hf_hub_download(
+                        weight.key.repo_id,
+                        weight.filename,
+                        revision=weight.key.commit,
+                        cache_dir=self.cache_dir,
+                        token=token,
+                        **bars,
+                    )
                 )
-            )
+                if attempt or self._whole(weight, path):
+                    break  # what the Hub itself serves is the loader's to judge
         if progress_log is not None:
             log.info("%s", progress_log.finished())
         self._check_size(weight, path.stat().st_size)
@@ -297,7 +294,8 @@ class HubFetcher:
         ``progress`` turns ``downloading`` and follows the bytes (see the module docstring)."""
         token = token or get_token()
         progress = progress or LoadProgress()
-        with hub_errors(f"base model {repo_id}@{revision}", token):
+        what = f"base model {repo_id}@{revision}"
+        with hub_errors(what, token), disk_errors(what, self.cache_dir, repo_id):
             info = HfApi(token=token).model_info(repo_id, revision=revision, files_metadata=True)
             commit = info.sha or revision
             total, cached = self._base_sizes(repo_id, commit, info.siblings or [])
@@ -357,48 +355,3 @@ def _sink(
 def _base_level() -> int:
     """The base download's progress lines: DEBUG on a terminal (see the module docstring)."""
     return logging.DEBUG if sys.stderr.isatty() else logging.INFO
-
-
-@contextmanager
-def hub_errors(what: str, token: str | None) -> Iterator[None]:
-    """Turn huggingface_hub failures into domain errors that name ``what`` (never the token)."""
-    try:
-        yield
-    except GatedRepoError as exc:
-        raise _gated(what, token, _status(exc)) from None
-    except RepositoryNotFoundError as exc:
-        if _status(exc) == 403:
-            raise Forbidden(f"{what}: the Hub refused access with the given token") from None
-        if _status(exc) == 401 and token is None:  # the Hub's answer for private, no token
-            raise Unauthorized(
-                f"{what} was not found without a token; if it is private, send a Hub token "
-                "that can read it (Authorization: Bearer)"
-            ) from None
-        raise NotFound(
-            f"{what} not found on the Hub (or private and not readable with the given token)"
-        ) from None
-    except RevisionNotFoundError:
-        raise NotFound(f"{what}: no such revision on the Hub") from None
-    except RemoteEntryNotFoundError:
-        raise NotFound(f"{what}: the weight file is gone from the Hub") from None
-    except HfHubHTTPError as exc:
-        status = _status(exc)
-        if status in (401, 403):
-            raise _gated(what, token, status) from None
-        raise UpstreamFailed(f"{what}: the Hub answered {status}; retry later") from None
-    except (HubTransportError, LocalEntryNotFoundError) as exc:
-        raise UpstreamFailed(f"{what}: the Hub is unreachable ({type(exc).__name__})") from None
-
-
-def _status(exc: HfHubHTTPError) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _gated(what: str, token: str | None, status: int | None) -> LoraplexError:
-    if token is None and status != 403:
-        return Unauthorized(
-            f"{what} is gated or private: send a Hub token with access "
-            "(Authorization: Bearer) or set HF_TOKEN on the worker"
-        )
-    return Forbidden(f"{what} is gated and the Hub refused the token; request access first")

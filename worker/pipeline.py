@@ -203,8 +203,11 @@ class Engine:
     def _nbytes(packed: PackedAdapter) -> int:
         return packed.nbytes
 
-    def switch_to(self, ref: AdapterRef | None, token: str | None = None) -> Switch:
-        """Make ``ref`` (or the bare base) active; returns the tier it came from and the time."""
+    def switch_to(
+        self, ref: AdapterRef | None, token: str | None = None, *, spill: bool = False
+    ) -> Switch:
+        """Make ``ref`` (or the bare base) active; returns the tier it came from and the time.
+        ``spill``: a fresh load is kept on probation (``AdapterCache.admit(keep=False)``)."""
         started = time.perf_counter()
         if ref is None:
             self._deactivate()
@@ -217,10 +220,12 @@ class Engine:
         if hit is not None:
             self._activate_slot(key, hit.value)
             return Switch(hit.tier, time.perf_counter() - started, key)
-        tier, reason = self._load_new(key, token)
+        tier, reason = self._load_new(key, token, keep=not spill)
         return Switch(tier, time.perf_counter() - started, key, reason)
 
-    def _load_new(self, key: AdapterKey, token: str | None) -> tuple[SwitchTier, str | None]:
+    def _load_new(
+        self, key: AdapterKey, token: str | None, *, keep: bool = True
+    ) -> tuple[SwitchTier, str | None]:
         self._deactivate()  # a slow adapter's peft layers must not be in the model we convert for
         known_slow = self._slow.known(key)
         if known_slow is not None:
@@ -247,7 +252,7 @@ class Engine:
             self._activate_slow(key, path)
             return SwitchTier.SLOW, converted.slow_reason
         with self._lock:
-            value = self.cache.admit(key, converted.packed, converted.nbytes)
+            value = self.cache.admit(key, converted.packed, converted.nbytes, keep=keep)
         self._activate_slot(key, value)
         return tier, None
 
@@ -271,7 +276,12 @@ class Engine:
     # ------------------------------------------------------------------ generation
 
     def generate(
-        self, request: GenerateRequest, token: str | None = None, cancel: CancelToken | None = None
+        self,
+        request: GenerateRequest,
+        token: str | None = None,
+        cancel: CancelToken | None = None,
+        *,
+        spill: bool = False,
     ) -> Generated:
         """Switch to the request's adapter and generate (device thread only).
 
@@ -280,7 +290,7 @@ class Engine:
             raise Cancelled(reason, started=True, detail="before it started")
         self.check_size(request)  # before the switch: a refused request downloads nothing
         try:
-            switch = self.switch_to(request.adapter, token)
+            switch = self.switch_to(request.adapter, token, spill=spill)
         except BaseException:
             self._deactivate()  # after any failed load the next request starts from the base
             raise

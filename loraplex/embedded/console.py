@@ -1,11 +1,13 @@
 """What ``loraplex up`` shows while its pools start: one line per pool, pure (clock and output
 injected; ``up.py`` feeds it the workers' ``/readyz`` answers).
 
-A pool's line is the least advanced state of its replicas (any failed one: failed, with its
-reason): starting, downloading (a bar, bytes of total, the rate and the time left), loading,
-warming up, ready. On a terminal the lines are redrawn in place while only bytes move, and
-printed anew when a state changes, so the lines above keep the history and what other processes
-print between two states is not drawn over. Elsewhere (CI logs, a file) a pool's line is printed
+A pool's line is the least advanced state of its replicas: starting, downloading (a bar, bytes
+of total, the rate and the time left), loading, warming up, ready; failed, with the reason,
+when every replica failed. A failed replica beside others is named on the line while the
+supervisor restarts it: one bad replica does not make the pool failed. On a terminal the
+lines are redrawn in place while only bytes move, and printed anew when a state changes, so
+the lines above keep the history and what other processes print between two states is not
+drawn over. Elsewhere (CI logs, a file) a pool's line is printed
 when its state changes, and while it downloads at most every ``interval_s``: a tiny model that
 is ready in a second prints a few lines.
 """
@@ -59,17 +61,16 @@ def readiness_of(status_code: int | None, body: object) -> Readiness:
 
 
 def pool_view(replicas: Sequence[Readiness]) -> PoolView:
-    """One line's worth of a pool's replicas: the least advanced state, failed first; the
-    bytes of the furthest download (replicas share the HF cache: one downloads, the others
-    wait for its files)."""
+    """One line's worth of a pool's replicas: the least advanced state of those that did not
+    fail (failed when all did), with the reason of a failed one; the bytes of the furthest
+    download (replicas share the HF cache: one downloads, the others wait for its files)."""
     ready = sum(r.state is LoadState.READY for r in replicas)
     done = max((r.downloaded_bytes for r in replicas), default=0)
     total = max((r.total_bytes for r in replicas), default=0)
     failed = [r for r in replicas if r.state is LoadState.FAILED]
-    if failed:
-        state, reason = LoadState.FAILED, failed[0].reason or "no reason given"
-    else:
-        state, reason = min((r.state for r in replicas), key=ORDER.index), None
+    reason = (failed[0].reason or "no reason given") if failed else None
+    alive = [r.state for r in replicas if r.state is not LoadState.FAILED]
+    state = min(alive, key=ORDER.index) if alive else LoadState.FAILED
     return PoolView(state, done, total, reason, ready, len(replicas))
 
 
@@ -102,10 +103,12 @@ def format_line(name: str, view: PoolView, rate: float | None) -> str:
         return f"{name}  failed: {view.reason}"
     if view.state is LoadState.DOWNLOADING:
         words += " " + download_details(view.downloaded_bytes, view.total_bytes, rate)
-    if view.replicas > 1 and view.state is LoadState.READY:
+    if view.replicas > 1 and view.ready == view.replicas:
         words += f" ({view.replicas} replicas)"
     elif view.replicas > 1:
         words += f" ({view.ready}/{view.replicas} ready)"
+    if view.reason:
+        words += f"; a replica failed, restarting it: {view.reason}"
     return f"{name}  {words}"
 
 

@@ -1,15 +1,17 @@
 """What a models folder (``loraplex up --models DIR``) holds, read with the router's own rules.
 
-Bases are repos with a ``model_index.json``; LoRAs are the repos the router itself would route as
-adapters (its card reading and :func:`~loraplex.router.resolve.classify`), so the embedded mode
-and the router cannot disagree about what is a LoRA; gated and private repos (``.hub-access.json``
-or the card) are listed apart, as the local Hub keeps them closed.
+Bases are repos with a ``model_index.json`` (any diffusers pipeline: SD, SDXL, Flux, SD3, …;
+its ``_class_name`` is kept so callers can name it); LoRAs are the repos the router itself would
+route as adapters (its card reading and :func:`~loraplex.router.resolve.classify`), so the
+embedded mode and the router cannot disagree about what is a LoRA; gated and private repos
+(``.hub-access.json`` or the card) are listed apart, as the local Hub keeps them closed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraplex.localhub.store import RepoStore
@@ -17,7 +19,7 @@ from loraplex.router.cards import read_local_card
 from loraplex.router.resolve import ModelCard, classify
 from loraplex.shared.errors import BadRequest, NotServable
 from loraplex.shared.ids import validate_model_id
-from loraplex.shared.repo_access import inside
+from loraplex.shared.repo_access import inside, servable_file
 
 log = logging.getLogger("loraplex.up")
 
@@ -29,6 +31,8 @@ class LocalRepos:
     bases: tuple[str, ...]
     loras: dict[str, tuple[str, ...]]  # lora repo id -> base_model ids from its card
     closed: tuple[str, ...] = ()  # gated or private repos (by .hub-access.json or card)
+    # base id -> its model_index.json ``_class_name`` ("" when unreadable), e.g. FluxPipeline
+    pipelines: dict[str, str] = field(default_factory=dict)
 
 
 def scan_models_dir(root: Path) -> LocalRepos:
@@ -36,6 +40,7 @@ def scan_models_dir(root: Path) -> LocalRepos:
     are the repos the router routes as adapters (:func:`lora_bases`), listed when open (not
     gated or private by card or ``.hub-access.json``)."""
     bases: list[str] = []
+    pipelines: dict[str, str] = {}
     loras: dict[str, tuple[str, ...]] = {}
     closed: list[str] = []
     rules = RepoStore(root).access_rules()
@@ -54,11 +59,26 @@ def scan_models_dir(root: Path) -> LocalRepos:
             closed.append(repo_id)
         if (repo_dir / "model_index.json").is_file():
             bases.append(repo_id)
+            pipelines[repo_id] = pipeline_class(root, repo_dir)
             continue
         found = lora_bases(card) if repo_id not in closed else ()
         if found:
             loras[repo_id] = found
-    return LocalRepos(bases=tuple(bases), loras=loras, closed=tuple(closed))
+    return LocalRepos(bases=tuple(bases), loras=loras, closed=tuple(closed), pipelines=pipelines)
+
+
+def pipeline_class(root: Path, repo_dir: Path) -> str:
+    """``_class_name`` of a base's model_index.json; "" when it is unreadable, not a JSON object,
+    or a link out of ``root`` (as the local Hub, which does not serve it)."""
+    index = repo_dir / "model_index.json"
+    if not servable_file(root, index):
+        return ""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else ""
 
 
 def lora_bases(card: ModelCard) -> tuple[str, ...]:

@@ -23,12 +23,18 @@ On a CPU-only machine every worker gets ``cores / workers`` torch threads
 
 While the pools start, each pool's state is shown on stderr, one line per pool
 (:mod:`loraplex.embedded.console`, from the workers' ``/readyz``: downloading with bytes and
-rate, loading, warming up, ready, failed with the reason); a failed pool stops ``loraplex up``
-at once. Once everything is ready the banner (stdout) gives the playground URL and copy-paste
-requests.
+rate, loading, warming up, ready, failed with the reason). Once every pool serves (each has a
+ready replica; any other is ready or being restarted) the banner (stdout) gives the playground
+URL and copy-paste requests.
 
-Worker processes that die are restarted (:mod:`loraplex.embedded.supervise`); meanwhile the router
-retries on the other replicas. SIGINT/SIGTERM stop every child; children also die with us on
+Worker processes that die are restarted with backoff (:mod:`loraplex.embedded.supervise`), also
+when killed while still warming up; meanwhile the router holds and retries on the other
+replicas. One bad replica never takes the others down: ``loraplex up`` gives up only on a base
+none of whose replicas can ever be ready — each reported ``failed`` on its ``/readyz`` (the
+worker cannot load the base, and exits non-zero) or exited 3 times before ever being ready —
+and then exits 1, naming the base and the reason (within seconds of the workers' failure).
+
+SIGINT/SIGTERM stop every child; children also die with us on
 SIGKILL (``PR_SET_PDEATHSIG``). Worker settings not given as flags come from the usual
 ``LORAPLEX_WORKER_*`` variables, which the children inherit.
 """
@@ -42,7 +48,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +56,8 @@ import uvicorn
 
 from loraplex.embedded.console import ConsoleView, pool_view, readiness_of
 from loraplex.embedded.models_dir import LocalRepos, scan_models_dir
-from loraplex.embedded.supervise import Child, ChildFailed, ChildSpec, Supervisor
+from loraplex.embedded.ports import check_port_free, free_port, url_host
+from loraplex.embedded.supervise import Child, ChildFailed, ChildSpec, ProbeAnswer, Supervisor
 from loraplex.localhub.server import HubState, create_hub_app
 from loraplex.localhub.store import RepoStore
 from loraplex.shared.contract import LoadState, Readiness
@@ -66,35 +72,6 @@ LOCAL_HUB_CACHE = Path.home() / ".cache" / "loraplex" / "local-hub"
 LOCAL_HUB_TOKEN_ENV = "LORAPLEX_LOCAL_HUB_TOKEN"  # opens DIR's gated/private repos (see above)
 READY_TIMEOUT_S = 600.0  # first start on a real Hub downloads gigabytes; the demo takes seconds
 PROGRESS_INTERVAL_S = 0.5  # how often the pools' lines are refreshed while they start
-
-
-def url_host(host: str) -> str:
-    """The host part of a URL for a listen address: loopback for a wildcard, IPv6 bracketed."""
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
-
-
-def check_port_free(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be bound now (another loraplex up, say), or None.
-
-    Binds as uvicorn will (``SO_REUSEADDR``), so connections of a run that just ended, still in
-    TIME_WAIT, do not block a new ``make run``, while a live listener still does."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port"
-    return None
-
-
-def free_port(host: str) -> int:
-    """A port the OS says is free now (tiny race until the child binds it; fine on loopback)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def worker_specs(
@@ -116,6 +93,7 @@ def worker_specs(
                 env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), **env},
                 ready_url=f"http://127.0.0.1:{metrics_port}/readyz",
                 url=f"http://127.0.0.1:{port}",
+                group=base,
             )
             specs.setdefault(base, []).append(spec)
     return specs
@@ -327,7 +305,7 @@ async def serve(
     workers = worker_specs(bases, args.replicas, env, worker_args)
     pools = {base: [str(spec.url) for spec in specs] for base, specs in workers.items()}
     all_workers = [spec for specs in workers.values() for spec in specs]
-    supervisor = Supervisor([*all_workers, router_spec(args, pools, env)])
+    supervisor = Supervisor([*all_workers, router_spec(args, pools, env)], failure_of=load_failure)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -335,6 +313,7 @@ async def serve(
     await supervisor.start()
     ready = asyncio.create_task(until_ready(supervisor, workers, console_view(args)))
     stopped = asyncio.create_task(stop.wait())
+    given_up = asyncio.create_task(supervisor.wait_given_up())  # also after the banner
     try:
         await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
@@ -347,12 +326,15 @@ async def serve(
             f"http://{url_host(args.host)}:{args.port}", bases[0], example_lora
         ):
             print(line, flush=True)
-        await stopped
+        await asyncio.wait({stopped, given_up}, return_when=asyncio.FIRST_COMPLETED)
+        if given_up.done():
+            log.error("%s; stopping", given_up.result())
+            return 1
         return 0
     finally:
-        for task in (ready, stopped):
+        for task in (ready, stopped, given_up):
             task.cancel()
-        await asyncio.gather(ready, stopped, return_exceptions=True)
+        await asyncio.gather(ready, stopped, given_up, return_exceptions=True)
         log.info("stopping %d processes", len(supervisor.children))
         await supervisor.stop()
 
@@ -375,6 +357,14 @@ def _log_lines(text: str) -> None:
         log.info("%s", line)
 
 
+def load_failure(answer: ProbeAnswer) -> str | None:
+    """A worker's ``/readyz`` saying its load failed for good: why (else None)."""
+    readiness = readiness_of(answer.status_code, answer.body)
+    if readiness.state is not LoadState.FAILED:
+        return None
+    return readiness.reason or "its /readyz says failed, with no reason"
+
+
 def child_readiness(child: Child) -> Readiness:
     """What ``child`` last said on its ``/readyz`` (given up: failed, with why)."""
     if child.gave_up:
@@ -388,17 +378,16 @@ def child_readiness(child: Child) -> Readiness:
 async def show_progress(
     supervisor: Supervisor, workers: dict[str, list[ChildSpec]], view: ConsoleView
 ) -> str | None:
-    """Render every pool until all are ready (None) or one failed (its reason)."""
+    """Render every pool until the supervisor serves (None) or gave up on a base (why)."""
     while True:
         pools = {
             base: pool_view([child_readiness(supervisor.children[s.name]) for s in specs])
             for base, specs in workers.items()
         }
         view.update(pools)
-        failed = [v.reason for v in pools.values() if v.state is LoadState.FAILED]
-        if failed:
-            return failed[0]
-        if all(v.state is LoadState.READY for v in pools.values()):
+        if supervisor.given_up.is_set():
+            return await supervisor.wait_given_up()
+        if supervisor.serving():
             return None
         await asyncio.sleep(PROGRESS_INTERVAL_S)  # the console's refresh, not a race workaround
 
@@ -406,8 +395,8 @@ async def show_progress(
 async def until_ready(
     supervisor: Supervisor, workers: dict[str, list[ChildSpec]], view: ConsoleView
 ) -> str | None:
-    """Show the pools until every child (router too) is ready: None; else why not (a pool
-    failed, a child gave up, :data:`READY_TIMEOUT_S` passed)."""
+    """Show the pools until the supervisor serves (router too): None; else why not (a base or
+    the router was given up, :data:`READY_TIMEOUT_S` passed)."""
     watch = asyncio.create_task(show_progress(supervisor, workers, view))
     waiting = asyncio.create_task(supervisor.wait_ready(READY_TIMEOUT_S))
     try:

@@ -53,6 +53,7 @@ class Headers:
 
     SWITCH_TIER: Final = "x-loraplex-switch-tier"  # a SwitchTier value
     SWITCH_MS: Final = "x-loraplex-switch-ms"
+    SLOW_REASON: Final = "x-loraplex-slow-reason"  # why a `slow` switch did not fit the slot
     COMPUTE_MS: Final = "x-loraplex-compute-ms"
     QUEUE_MS: Final = "x-loraplex-queue-ms"
     QUEUE_DEPTH: Final = "x-loraplex-queue-depth"  # after this request left the queue
@@ -64,6 +65,9 @@ class Headers:
     # Router → worker: milliseconds left of the request's deadline when it was sent (a relative
     # budget: hosts share no clock). The worker drops or stops the job when it runs out (504).
     DEADLINE_MS: Final = "x-loraplex-deadline-ms"
+    # Router → worker: "spill" when the adapter was sent past its home replicas (busy); the
+    # worker then keeps a fresh load on probation in its host tier (docs/placement.md).
+    PLACEMENT: Final = "x-loraplex-placement"
     SEED_LORA: Final = "lora"  # the seed's header: adapter id on a request for a base model
     WAIT_FOR_MODEL: Final = "x-wait-for-model"
     RETRY_AFTER: Final = "retry-after"
@@ -209,6 +213,16 @@ class WorkerState(BaseModel):
     resident_adapters: list[str] = Field(default_factory=list)
     host_cached_adapters: list[str] = Field(default_factory=list)
     free_slots: int = Field(ge=0)  # resident cache entries still free
+    # Fleet-wide placement (docs/placement.md); defaults so older workers still parse.
+    # Adapter commits in the worker's disk cache, most recently used first (bounded).
+    disk_cached_adapters: list[str] = Field(default_factory=list)
+    # Measured seconds to make an adapter active, by the tier it came from (resident, host,
+    # disk, hub); a tier not measured yet is absent.
+    load_seconds: dict[str, float] = Field(default_factory=dict)
+    generate_seconds: float | None = Field(default=None, ge=0)  # measured, per image
+    # Why the base cannot be served (the worker's load failed; it exits soon after), else None.
+    # The router answers 503 "failing" with it instead of holding for a replica that never loads.
+    load_error: str | None = None
 
 
 class LoadState(StrEnum):

@@ -60,5 +60,15 @@ class WarmingUp(LoraplexError):
     """The pool has no ready replica yet (503, with estimated_time and Retry-After)."""
 
 
+class Unavailable(LoraplexError):
+    """No replica can take the request now: they restarted, dropped connections or are
+    unreachable, and none came back in time (503, with Retry-After)."""
+
+
+class PoolFailing(Unavailable):
+    """The pool's base cannot be served: its workers say so, or its operator does (503, with
+    Retry-After and the reason; waiting would not help, so nothing is held)."""
+
+
 class DeadlineExceeded(LoraplexError):
     """The request's deadline passed (504)."""

@@ -29,6 +29,7 @@ from loraplex.shared.errors import (
     PayloadTooLarge,
     QueueFull,
     Unauthorized,
+    Unavailable,
     UpstreamFailed,
     WarmingUp,
 )
@@ -43,6 +44,7 @@ STATUS_CODES: Mapping[type[LoraplexError], int] = {
     QueueFull: 429,
     UpstreamFailed: 502,
     WarmingUp: 503,
+    Unavailable: 503,
     DeadlineExceeded: 504,
 }
 

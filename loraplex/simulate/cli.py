@@ -3,6 +3,7 @@
 Examples::
 
     loraplex simulate --scenario seed-blog --json
+    loraplex simulate --scenario diurnal --json   # static_at_same_p95: GPU-h at equal p95
     loraplex simulate --rate 2 --adapters 5000 --zipf 1.1 --horizon 3600 --plot out/
     loraplex simulate --trace requests.csv --default-base sdxl --config pools.yaml
 
@@ -89,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument(
         "--after-picker", choices=["round_robin", "least_loaded"], help="'after' pool's picker"
     )
+    fleet.add_argument(
+        "--static-search",
+        action="store_true",
+        help="also find the smallest static loraplex pool per base meeting the p95 "
+        "(static_at_same_p95 in the JSON)",
+    )
+    fleet.add_argument(
+        "--target-p95", type=float, metavar="S", help="that p95 (default: loraplex's own)"
+    )
     out = p.add_argument_group("output")
     out.add_argument("--sizing", type=_floats, help="traffic multipliers for the sizing table")
     out.add_argument("--no-sizing", action="store_true", help="skip the sizing table")
@@ -123,6 +133,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         "rate_window_s": args.rate_window,
         "before_idle_stop_s": args.before_idle_stop,
         "after_picker": args.after_picker,
+        "static_search": True if args.static_search else None,
+        "static_target_p95_s": args.target_p95,
     }
     data["scenarios"].update({k: v for k, v in knobs.items() if v is not None})
     scaling = {"target_requests_per_replica": args.target_per_replica}

@@ -84,6 +84,34 @@ class SwitchTimes(_Model):
     hub: float = Field(default=3.0, ge=0)  # downloaded from the Hub, then loaded
 
 
+class TierBandwidth(_Model):
+    """Switch seconds from the adapter's size, by tier (used when ``HardwareProfile.tiers`` is
+    set; otherwise the flat :class:`SwitchTimes`). Defaults: a datacenter node — the Hub's CDN
+    at ~100 MB/s after ~0.5 s of requests, local NVMe at ~1 GB/s, the worker's conversion into
+    packed slot tensors at ~3 ms per MB on the CPU, pinned host → device at ~10 GB/s, and a
+    resident adapter scattered into the slot in ~5 ms."""
+
+    hub_mb_per_s: float = Field(default=100.0, gt=0)
+    hub_latency_s: float = Field(default=0.5, ge=0)
+    disk_mb_per_s: float = Field(default=1000.0, gt=0)
+    convert_s_per_mb: float = Field(default=0.003, ge=0)
+    host_to_device_gb_per_s: float = Field(default=10.0, gt=0)
+    resident_s: float = Field(default=0.005, ge=0)
+
+    def seconds(self, tier: str, nbytes: int) -> float:
+        """Seconds to make an adapter of ``nbytes`` active from ``tier`` (resident … hub)."""
+        mb = nbytes / 1e6
+        to_device = mb / (self.host_to_device_gb_per_s * 1000.0)
+        if tier == "resident":
+            return self.resident_s
+        if tier == "host":
+            return to_device
+        disk = mb / self.disk_mb_per_s + mb * self.convert_s_per_mb + to_device
+        if tier == "disk":
+            return disk
+        return self.hub_latency_s + mb / self.hub_mb_per_s + disk  # downloaded, then read
+
+
 class HardwareProfile(_Model):
     """Service times of one GPU worker. Defaults: the blog's A10G measurements."""
 
@@ -91,6 +119,12 @@ class HardwareProfile(_Model):
     base_load_cold_s: float = Field(default=15.0, ge=0)  # base weights from remote storage
     base_load_cached_s: float = Field(default=6.0, ge=0)  # base weights from the node cache
     switch_s: SwitchTimes = SwitchTimes()
+    # Set: switch seconds follow each adapter's size (adapter_mb) through these tiers, and the
+    # pools' host/disk caches are sized in GB (host_cache_gb, disk_cache_gb); unset: flat
+    # switch_s and caches counted in adapters (the seed-blog preset).
+    tiers: TierBandwidth | None = None
+    adapter_mb: dict[str, float] = Field(default_factory=lambda: {"sdxl": 100.0, "sd15": 40.0})
+    default_adapter_mb: float = Field(default=100.0, gt=0)
     unload_s: float = Field(default=0.3, ge=0)  # diffusers unload_lora_weights (seed "after")
     inference_s: dict[str, float] = Field(default_factory=lambda: {"sdxl": 8.5, "sd15": 3.0})
     default_inference_s: float = Field(default=8.5, gt=0)  # bases missing from inference_s
@@ -98,6 +132,15 @@ class HardwareProfile(_Model):
 
     def inference_for(self, base: str) -> float:
         return self.inference_s.get(base, self.default_inference_s)
+
+    def adapter_bytes(self, base: str) -> int:
+        return int(self.adapter_mb.get(base, self.default_adapter_mb) * 1e6)
+
+    def hub_load_s(self, base: str) -> float:
+        """Seconds to download and load one of ``base``'s adapters (the seed's every switch)."""
+        if self.tiers is None:
+            return self.switch_s.hub
+        return self.tiers.seconds("hub", self.adapter_bytes(base))
 
 
 class ScalingSettings(_Model):
@@ -120,10 +163,16 @@ class PoolSettings(_Model):
     # True: the pool's workers share one disk cache (the chart's ReadWriteMany modelCache PVC),
     # so an adapter one replica downloaded is a disk hit on every other; False: per node.
     shared_disk_cache: bool = True
+    # With hardware.tiers: each replica's host RAM and disk for adapters, GB (the worker's
+    # LORAPLEX_WORKER_HOST_CACHE_BYTES / DISK_CACHE_BYTES); the counts above are then unused.
+    host_cache_gb: float = Field(default=8.0, ge=0)
+    disk_cache_gb: float = Field(default=50.0, ge=0)
     # The worker's GroupingQueue: how often a waiting request may be overtaken by later ones
     # for the active adapter (the worker's LORAPLEX_WORKER_MAX_OVERTAKE; 0 = FIFO).
     max_overtake: int = Field(default=_WORKER["max_overtake"].default, ge=0)
-    max_queue_per_replica: int = Field(default=2, ge=1)  # AdapterAffinityPicker's bound
+    max_queue_per_replica: int = Field(default=_ROUTER["max_queue_per_replica"].default, ge=1)
+    max_homes: int = Field(default=_ROUTER["max_homes"].default, ge=1)  # PlacementPicker's
+    hot_window_requests: int = Field(default=_ROUTER["hot_window_requests"].default, ge=1)
     scaling: ScalingSettings = ScalingSettings()
 
 
@@ -145,6 +194,10 @@ class ScenarioSettings(_Model):
     after_target_utilization: float = Field(default=0.6, gt=0, le=1)  # auto-size when absent
     cold_requests_per_hour: float = Field(default=1.0, ge=0)  # at most this often → cold
     sample_interval_s: float = Field(default=5.0, gt=0)  # replicas-over-time resolution
+    # Also search the smallest static loraplex pool per base meeting a p95 (static.py):
+    # the target, or loraplex's own p95 on the same stream when None.
+    static_search: bool = False
+    static_target_p95_s: float | None = Field(default=None, gt=0)
 
 
 class SimConfig(_Model):
@@ -175,7 +228,32 @@ SEED_BLOG = SimConfig(
     sizing_multipliers=(10.0, 100.0),
 )
 
-PRESETS: dict[str, SimConfig] = {"seed-blog": SEED_BLOG}
+# A day of the seed's catalogue with a diurnal swing (peak 1.8×, trough 0.2× the mean at
+# 14:00 / 02:00), size-based tiers (SDXL LoRAs ~100 MB, SD 1.5 ~40 MB), 30 GB of host RAM and
+# 100 GB of node disk for adapters per replica; loraplex pools keep one replica at night.
+DIURNAL = SimConfig(
+    traffic=TrafficConfig(
+        synthetic=SyntheticTraffic(
+            rate_per_s=0.2,
+            adapters=2500,
+            zipf_exponent=1.1,
+            base_share={"sdxl": 0.92, "sd15": 0.08},
+            diurnal_amplitude=0.8,
+        ),
+        horizon_s=86_400.0,
+        warmup_s=1800.0,
+    ),
+    hardware=HardwareProfile(tiers=TierBandwidth()),
+    default_pool=PoolSettings(
+        host_cache_gb=30.0,
+        disk_cache_gb=100.0,
+        shared_disk_cache=False,
+        scaling=ScalingSettings(min_replicas=1),
+    ),
+    scenarios=ScenarioSettings(static_search=True),
+)
+
+PRESETS: dict[str, SimConfig] = {"seed-blog": SEED_BLOG, "diurnal": DIURNAL}
 
 
 class ConfigError(ValueError):

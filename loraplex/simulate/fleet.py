@@ -5,7 +5,9 @@ exist, is decided by the project's real picker and scaling policy (see
 :mod:`loraplex.simulate.scenarios`). Which waiting request a worker runs next is decided by the
 worker's own :class:`~loraplex.worker.queue.GroupingQueue` (bounded; same-adapter requests
 overtake, at most ``max_overtake`` times each; ``max_overtake=0`` is FIFO), and what it holds
-by an adapter model of :mod:`loraplex.simulate.adapters`.
+by an adapter model of :mod:`loraplex.simulate.adapters`. Each replica measures its switches
+and generations with the worker's own :class:`~loraplex.worker.load_costs.LoadCosts` and shows
+the router what a worker's ``/v1/state`` shows (tiers incl. the disk, measured load seconds).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from loraplex.router.pick import ReplicaView
-from loraplex.simulate.adapters import AdapterModel
+from loraplex.router.pick import LoadSeconds, ReplicaView
+from loraplex.simulate.adapters import AdapterModel, WorkerAdapters
 from loraplex.simulate.traffic import Request
+from loraplex.worker.load_costs import LoadCosts
 from loraplex.worker.queue import GroupingQueue, Job
+from loraplex.worker.settings import WorkerSettings
 
 COLD_START = "cold_start"  # tier label: the request waited for its deployment to warm up
+WORKER_ALPHA = WorkerSettings.model_fields["load_cost_alpha"].default
 
 
 @dataclass
@@ -70,6 +75,7 @@ class Waiting:
 
     request: Request
     cold: bool  # queued before its worker was ready: it waited for the warm-up
+    spill: bool = False  # the router sent it past its homes (x-loraplex-placement: spill)
 
 
 class Replica:
@@ -89,6 +95,7 @@ class Replica:
         warmup_s: float,
         queue: GroupingQueue,
         on_ready: Callable[[Replica], None] | None = None,
+        pool: str = "",
     ) -> None:
         self.env = env
         self.name = name
@@ -106,6 +113,9 @@ class Replica:
         self._idle_since = env.now
         self._last_group: Hashable = None  # the worker's executor keeps the same
         self._wake: simpy.Event | None = None
+        self.pool = pool
+        self.costs = LoadCosts(WORKER_ALPHA)  # the worker's own estimator, fed as the worker does
+        self._prices: LoadSeconds | None = None  # what costs says, until it measures again
         env.process(self._warm_up(warmup_s))
         env.process(self._serve())
 
@@ -129,17 +139,31 @@ class Replica:
     def view(self) -> ReplicaView:
         """The router's view of this worker; cached until the worker's state changes."""
         if self._view is None:
+            adapters = self.adapters
+            if isinstance(adapters, WorkerAdapters):
+                disk = adapters.disk_names()
+                resident, host = adapters.names()
+            else:
+                disk, resident, host = frozenset(), frozenset(), frozenset()
+            if self._prices is None:
+                costs = self.costs
+                self._prices = LoadSeconds.from_state(
+                    costs.load_seconds(), costs.generate_seconds()
+                )
             self._view = ReplicaView(
                 endpoint=self.name,
                 queue_depth=self.depth,
-                active_adapter=self.adapters.active,
-                resident_adapters=frozenset(self.adapters.resident),
-                host_cached_adapters=frozenset(self.adapters.host),
+                active_adapter=adapters.active,
+                resident_adapters=resident,
+                host_cached_adapters=host,
+                disk_cached_adapters=disk,
+                load_seconds=self._prices,
+                pool=self.pool,
             )
         return self._view
 
-    def enqueue(self, request: Request) -> None:
-        waiting = Waiting(request, cold=not self.ready_event.triggered)
+    def enqueue(self, request: Request, *, spill: bool = False) -> None:
+        waiting = Waiting(request, cold=not self.ready_event.triggered, spill=spill)
         self.queue.push(Job(request.adapter, waiting))  # the worker groups by adapter id
         self._view = None
         if self._wake is not None and not self._wake.triggered:
@@ -160,10 +184,13 @@ class Replica:
     def _run(self, waiting: Waiting) -> Iterator[simpy.Event]:
         request = waiting.request
         self.running = 1
-        switch = self.adapters.switch(request.adapter)
+        switch = self.adapters.switch(request.adapter, spill=waiting.spill)
         self._view = None
         if switch.loaded:
             self.recorder.loaded.add(request.index)
+        self.costs.observe_switch(switch.tier, switch.seconds, switch.nbytes or None)
+        self.costs.observe_generate(self.inference_s)
+        self._prices = None
         yield self.env.timeout(switch.seconds + self.inference_s)
         self.running = 0
         self._view = None

@@ -25,6 +25,7 @@ import numpy as np
 from loraplex.simulate.config import SimConfig
 from loraplex.simulate.fleet import Recorder
 from loraplex.simulate.scenarios import RUNNERS, SCENARIOS
+from loraplex.simulate.static import static_at_same_p95
 from loraplex.simulate.traffic import Traffic, cold_adapters, distinct_per_window, load_traffic
 
 TIMELINE_STEP_S = 60.0  # resolution of replicas_over_time in the JSON
@@ -119,6 +120,16 @@ def simulate(
     }
     for name, recorder in recorders.items():
         figures[name] = summarize(recorder, traffic, cold, cfg)
+    lora = figures.get("loraplex")
+    if cfg.scenarios.static_search and lora is not None and lora["p95_s"] is not None:
+        target = cfg.scenarios.static_target_p95_s or lora["p95_s"]
+        hours = traffic.measured_s / 3600.0
+        static = static_at_same_p95(traffic, cfg, target, lambda n: n * hours)
+        if static["gpu_hours"]:
+            static["loraplex_over_static_gpu_hours"] = round(
+                lora["gpu_hours"] / static["gpu_hours"], 3
+            )
+        figures["static_at_same_p95"] = static
     return Run(traffic, cold, recorders, figures)
 
 
@@ -192,6 +203,13 @@ def format_table(figures: dict) -> str:
             lines.append(
                 f"{name:<10}" + "".join(f"{_cell(figures[name][k]):>11}" for _, k in columns)
             )
+    static = figures.get("static_at_same_p95")
+    if static is not None:
+        sizes = ", ".join(f"{base} {n}" for base, n in static["replicas"].items())
+        lines.append(
+            f"static pools at the same p95 ({static['target_p95_s']:.2f} s): {sizes} replicas, "
+            f"{_cell(static['gpu_hours'])} GPU-h, p95 {_cell(static['p95_s'])} s"
+        )
     for row in figures.get("sizing", []):
         lines.append("")
         lines.append(f"sizing ×{row['traffic_multiplier']:g} ({row['rate_per_s']} req/s):")

@@ -8,8 +8,9 @@
   router's own :class:`~loraplex.router.pick.RoundRobinPicker` (or ``LeastLoadedPicker``).
 * ``loraplex`` — pools per base whose workers keep the worker's own tiered adapter cache
   (:class:`~loraplex.simulate.adapters.WorkerAdapters`) and let same-adapter requests overtake
-  up to the pool's ``max_overtake``, requests placed by the router's
-  :class:`~loraplex.router.pick.AdapterAffinityPicker`, and replicas set every operator
+  up to the pool's ``max_overtake``, requests placed by the router's default
+  :class:`~loraplex.router.pick.PlacementPicker` (rendezvous homes, priced by the load seconds
+  each simulated worker measures), and replicas set every operator
   interval by the operator's :class:`~loraplex.operator.scaling.ScalingPolicy`, fed the rate
   the operator measures (requests over the last interval) and the pending count (requests
   held for a pool with no ready replica). A new replica is ready after pod start +
@@ -30,16 +31,21 @@ import simpy
 
 from loraplex.operator.rates import CounterRates, RouterSample
 from loraplex.operator.scaling import Observation, ScalingPolicy, ScalingSpec
-from loraplex.router.pick import AdapterAffinityPicker, LeastLoadedPicker, Picker, RoundRobinPicker
+from loraplex.router.pick import (
+    LeastLoadedPicker,
+    Picker,
+    PlacementPicker,
+    RoundRobinPicker,
+    is_spill,
+)
 from loraplex.shared.errors import QueueFull
 from loraplex.simulate.adapters import (
     AdapterModel,
     DedicatedAdapter,
-    DiskCache,
     SingleAdapterSlot,
-    WorkerAdapters,
+    worker_caches,
 )
-from loraplex.simulate.config import PoolSettings, SimConfig, SwitchTimes
+from loraplex.simulate.config import PoolSettings, SimConfig
 from loraplex.simulate.fleet import Recorder, Replica
 from loraplex.simulate.traffic import Request, Traffic
 from loraplex.worker.queue import GroupingQueue
@@ -88,6 +94,7 @@ class Pool:
             warmup_s,
             GroupingQueue(self.cfg.scenarios.max_queue_depth, self._max_overtake),
             on_ready=self._on_ready,
+            pool=self.name,
         )
         self.replicas.append(replica)
         self._by_name[replica.name] = replica
@@ -114,9 +121,12 @@ class Pool:
             views = [r.view() for r in ready if r.name not in tried]
             if not views:
                 break
-            replica = self._by_name[self.picker.pick(views, request.adapter).endpoint]
+            chosen = self.picker.pick(views, request.adapter)
+            replica = self._by_name[chosen.endpoint]
             try:
-                replica.enqueue(request)
+                replica.enqueue(
+                    request, spill=is_spill(self.picker, views, request.adapter, chosen)
+                )
             except QueueFull:
                 tried.add(replica.name)
             else:
@@ -215,7 +225,7 @@ def run_before(traffic: Traffic, cfg: SimConfig) -> Recorder:
         if deployment is None:
             warmup = hw.pod_start_s + hw.base_load_cold_s
             if request.adapter is not None:
-                warmup += hw.switch_s.hub
+                warmup += hw.hub_load_s(request.base)
                 recorder.loaded.add(request.index)
             deployment = Replica(
                 env,
@@ -247,7 +257,7 @@ def after_pool_size(traffic: Traffic, base: str, cfg: SimConfig) -> int:
         return max(1, cfg.scenarios.after_replicas[base])
     hw = cfg.hardware
     rate = sum(1 for r in traffic.requests if r.base == base) / traffic.horizon_s
-    service = hw.inference_for(base) + hw.unload_s + hw.switch_s.hub
+    service = hw.inference_for(base) + hw.unload_s + hw.hub_load_s(base)
     return max(1, math.ceil(rate * service / cfg.scenarios.after_target_utilization))
 
 
@@ -283,7 +293,7 @@ def run_after(traffic: Traffic, cfg: SimConfig) -> Recorder:
             picker,
             recorder,
             cfg,
-            lambda: SingleAdapterSlot(hw.switch_s.hub, hw.unload_s),
+            lambda: SingleAdapterSlot(hw.hub_load_s(base), hw.unload_s),
             hw.inference_for(base),
             max_overtake=0,  # the seed's workers run requests in arrival order
         )
@@ -306,22 +316,33 @@ def scaling_spec(pool: PoolSettings) -> ScalingSpec:
     )
 
 
-def loraplex_parts(cfg: SimConfig, base: str) -> tuple[AdapterAffinityPicker, ScalingPolicy]:
-    """The real router picker and operator policy one loraplex pool runs with."""
-    pool = cfg.pool_for(base)
-    return AdapterAffinityPicker(pool.max_queue_per_replica), ScalingPolicy(scaling_spec(pool))
+def placement_picker(pool: PoolSettings) -> PlacementPicker:
+    """The router's default picker with the pool's settings (the router's own defaults)."""
+    return PlacementPicker(
+        pool.max_queue_per_replica,
+        max_homes=pool.max_homes,
+        hot_window_requests=pool.hot_window_requests,
+    )
 
 
-def worker_caches(times: SwitchTimes, settings: PoolSettings) -> Callable[[], WorkerAdapters]:
-    """A new worker's adapter cache, per replica; the disk is one for the pool when shared."""
-    shared_disk = DiskCache(settings.disk_cache_adapters)
-
-    def worker_cache() -> WorkerAdapters:
-        disk = shared_disk if settings.shared_disk_cache else settings.disk_cache_adapters
-        slots, host = settings.adapter_slots, settings.host_cache_adapters
-        return WorkerAdapters.counted(times, slots=slots, host=host, disk=disk)
-
-    return worker_cache
+def loraplex_pool(
+    env: simpy.Environment, recorder: Recorder, cfg: SimConfig, base: str, name: str
+) -> Pool:
+    """A pool of loraplex workers (the worker's cache and queue) behind the default picker."""
+    settings = cfg.pool_for(base)
+    picker = placement_picker(settings)
+    recorder.parts.setdefault(base, (picker, None))
+    hw = cfg.hardware
+    return Pool(
+        env,
+        name,
+        picker,
+        recorder,
+        cfg,
+        worker_caches(hw, settings, base),
+        hw.inference_for(base),
+        max_overtake=settings.max_overtake,
+    )
 
 
 def run_loraplex(traffic: Traffic, cfg: SimConfig) -> Recorder:
@@ -332,18 +353,9 @@ def run_loraplex(traffic: Traffic, cfg: SimConfig) -> Recorder:
 
     def build(env: simpy.Environment, recorder: Recorder, base: str) -> Pool:
         settings = cfg.pool_for(base)
-        picker, policies[base] = loraplex_parts(cfg, base)
-        recorder.parts[base] = (picker, policies[base])
-        pool = Pool(
-            env,
-            f"loraplex/{base}",
-            picker,
-            recorder,
-            cfg,
-            worker_caches(hw.switch_s, settings),
-            hw.inference_for(base),
-            max_overtake=settings.max_overtake,
-        )
+        policies[base] = ScalingPolicy(scaling_spec(settings))
+        pool = loraplex_pool(env, recorder, cfg, base, f"loraplex/{base}")
+        recorder.parts[base] = (pool.picker, policies[base])
         for _ in range(settings.scaling.min_replicas):
             pool.add_replica(0.0)
         return pool

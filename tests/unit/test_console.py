@@ -54,9 +54,17 @@ def test_a_pool_shows_its_least_advanced_replica_and_the_furthest_download() -> 
         ]
     )
     assert view == PoolView(DOWNLOADING, 10, 10, None, ready=1, replicas=2)
-    failed = pool_view(
+    # One bad replica beside a ready one: the pool serves (the supervisor restarts the other).
+    serving = pool_view(
         [Readiness(state=LoadState.READY), Readiness(state=LoadState.FAILED, reason="no GPU")]
     )
+    assert serving == PoolView(LoadState.READY, reason="no GPU", ready=1, replicas=2)
+    assert format_line("p", serving, None) == (
+        "p  ready (1/2 ready); a replica failed, restarting it: no GPU"
+    )
+    loading = [Readiness(state=LoadState.LOADING), Readiness(state=LoadState.FAILED, reason="x")]
+    assert pool_view(loading).state is LoadState.LOADING  # the other may still come up
+    failed = pool_view([Readiness(state=LoadState.FAILED, reason="no GPU")] * 2)
     assert failed.state is LoadState.FAILED and failed.reason == "no GPU"
 
 

@@ -7,6 +7,7 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from loraplex.router.cards import LocalCardSource
@@ -131,17 +132,30 @@ def test_worker_specs_one_process_per_replica_with_shared_cpu_threads() -> None:
 
 
 async def test_pool_lines_until_ready_and_a_failed_pool_ends_the_wait() -> None:
-    """The console loop over the workers' latest /readyz answers (no process started)."""
-    specs = worker_specs(["org/a", "org/b"], 1, {})
-    supervisor = Supervisor([spec for group in specs.values() for spec in group])
-    a, b = (supervisor.children[specs[base][0].name] for base in ("org/a", "org/b"))
-    out: list[str] = []
-    view = ConsoleView(out.append, tty=False)
-    a.probe = ProbeAnswer(200, {"status": "ready", "state": "ready"})
+    """The console loop over the workers' latest /readyz answers (no process started): it
+    renders every pool, returns why once the supervisor gave up on a base, None once every
+    pool serves."""
+
+    def setup() -> tuple[Supervisor, dict, list[str], ConsoleView, Any, Any]:
+        specs = worker_specs(["org/a", "org/b"], 1, {})
+        supervisor = Supervisor([spec for group in specs.values() for spec in group])
+        a, b = (supervisor.children[specs[base][0].name] for base in ("org/a", "org/b"))
+        out: list[str] = []
+        a.probe = ProbeAnswer(200, {"status": "ready", "state": "ready"})
+        a.ready.set()
+        return supervisor, specs, out, ConsoleView(out.append, tty=False), a, b
+
+    supervisor, specs, out, view, _, b = setup()
     b.probe = ProbeAnswer(503, {"state": "failed", "reason": "no such base", "error": "x"})
-    assert await show_progress(supervisor, specs, view) == "no such base"
-    assert out == ["org/a  ready\n", "org/b  failed: no such base\n"]
+    b.failure = "no such base"  # what the supervisor's probe reads from that answer
+    assert supervisor._check_group(b)  # b's only replica failed: the base is given up
+    reason = await show_progress(supervisor, specs, view)
+    assert reason is not None and "no such base" in reason
+    assert out == ["org/a  ready\n", "org/b  failed: org/b cannot be served: no such base\n"]
+
+    supervisor, specs, out, view, _, b = setup()
     b.probe = ProbeAnswer(200, {"status": "ready"})
+    b.ready.set()
     assert await show_progress(supervisor, specs, view) is None
     assert out[-1] == "org/b  ready\n"
 

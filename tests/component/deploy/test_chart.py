@@ -46,6 +46,7 @@ OPERATOR_RULES = {
     ("apps", "deployments"): {"get", "create", "patch"},
     ("", "services"): {"get", "create", "patch"},
     ("discovery.k8s.io", "endpointslices"): {"list"},
+    ("", "pods"): {"list"},  # the pool's worker Pods: why they fail (operator/health.py)
     ("", "events"): {"create"},
 }
 ROUTER_RULES = {

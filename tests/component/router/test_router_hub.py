@@ -131,4 +131,5 @@ async def test_hub_stopped_after_warm_up_cached_ids_still_route(
         assert 'loraplex_router_resolve_cache_total{outcome="stale"} 1.0' in metrics
         never_seen = demo_models.demo.adapters[1].repo_id
         resp = await client.post(f"/models/{never_seen}", json=BODY)
-        assert resp.status_code == 502 and "retry" in resp.json()["error"]
+        assert resp.status_code == 503 and "retry" in resp.json()["error"]  # issue 14
+        assert int(resp.headers["Retry-After"]) >= 1

@@ -16,7 +16,12 @@ import pytest
 from fixtures.k8s import TEST_NAMESPACE, eventually
 from fixtures.router_stubs import StubWorker, serve_app, stub_workers
 from loraplex.router.app import create_app
-from loraplex.router.pools_k8s import KubernetesPoolSource, pool_endpoints, slice_urls
+from loraplex.router.pools_k8s import (
+    KubernetesPoolSource,
+    pool_endpoints,
+    pool_failure,
+    slice_urls,
+)
 from loraplex.router.settings import RouterSettings
 
 BASE = "org/base"
@@ -106,3 +111,55 @@ async def test_router_follows_pools_and_ready_endpoints(routed, k8s) -> None:
 
 async def _has(client: httpx.AsyncClient, expected: dict[str, int]) -> bool:
     return await ready_replicas(client) == expected
+
+
+def test_pool_failure_reads_the_operators_degraded_condition() -> None:
+    degraded = {
+        "type": "Degraded",
+        "status": "True",
+        "reason": "CrashLoopBackOff",
+        "message": "worker exited 3: base org/base cannot be served",
+    }
+    assert pool_failure({"status": {"conditions": [degraded]}}) == (
+        "CrashLoopBackOff: worker exited 3: base org/base cannot be served"
+    )
+    healthy = {**degraded, "status": "False", "reason": "Reconciled"}
+    assert pool_failure({"status": {"conditions": [healthy]}}) is None
+    assert pool_failure({}) is None
+
+
+async def test_a_degraded_pool_answers_503_that_says_it_is_failing(routed, k8s) -> None:
+    """The operator marks the pool Degraded (its workers crash-loop): with no ready replica
+    the router says why at once instead of "scaling up"; once the condition clears it holds
+    as for any pool without replicas."""
+    client, _ = routed
+    failing = {
+        **pool("tiny", BASE),
+        "status": {
+            "conditions": [
+                {
+                    "type": "Degraded",
+                    "status": "True",
+                    "reason": "CrashLoopBackOff",
+                    "message": "base org/base cannot be served: no model_index.json",
+                }
+            ]
+        },
+    }
+    k8s.put_object(failing)
+    await eventually(lambda: _has(client, {BASE: 0}), message="pool listed")
+
+    async def says_failing() -> bool:
+        resp = await client.post(f"/models/{BASE}", json={"inputs": "a fox"})
+        return (
+            resp.status_code == 503 and "failing" in resp.text and "CrashLoopBackOff" in resp.text
+        )
+
+    await eventually(says_failing, message="503 naming the failure")
+    k8s.put_object(pool("tiny", BASE))  # the condition is gone
+
+    async def holds_again() -> bool:
+        resp = await client.post(f"/models/{BASE}", json={"inputs": "a fox"})
+        return resp.status_code == 503 and "failing" not in resp.text
+
+    await eventually(holds_again, message="503 without the failure")

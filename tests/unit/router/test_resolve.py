@@ -12,6 +12,7 @@ import traceback
 import pytest
 from loraplex.router.cards import LocalCardSource, parse_front_matter
 from loraplex.router.resolve import (
+    HubUnavailable,
     ModelCard,
     Resolver,
     SourceUnavailable,
@@ -19,7 +20,7 @@ from loraplex.router.resolve import (
     classify,
 )
 
-from loraplex.shared.errors import BadRequest, NotFound, NotServable, Unauthorized, UpstreamFailed
+from loraplex.shared.errors import BadRequest, NotFound, NotServable, Unauthorized
 
 BASE = "org/base"
 SERVED = {BASE, "org/other-base"}
@@ -167,10 +168,11 @@ async def test_stale_on_error_serves_cached_answers_and_counts_them() -> None:
     clock.now += 100
     assert (await resolver.resolve("u/style", None, SERVED)).base_model == BASE
     assert outcomes[-1] == "stale"
-    with pytest.raises(UpstreamFailed, match="cannot look up u/never-seen"):
+    with pytest.raises(HubUnavailable, match="cannot look up u/never-seen") as unknown:
         await resolver.resolve("u/never-seen", None, SERVED)
+    assert unknown.value.retry_after_s  # 503 with Retry-After, not 502 (issue 14)
     clock.now += 3600
-    with pytest.raises(UpstreamFailed):
+    with pytest.raises(HubUnavailable):
         await resolver.resolve("u/style", None, SERVED)
 
 

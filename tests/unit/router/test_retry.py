@@ -77,15 +77,21 @@ def test_buffer_whole(status: int, content_length: int | None, expected: bool) -
 
 
 @pytest.mark.parametrize(
-    ("queue_full", "tried", "pool_ready", "expected"),
+    ("queue_full", "tried", "pool_ready", "lost", "expected"),
     [
-        (True, 2, True, GiveUp.QUEUE_FULL),
-        (True, 2, False, GiveUp.QUEUE_FULL),  # a full queue wins over lost replicas
-        (False, 1, False, GiveUp.REPLICAS_LOST),  # a lone replica restarting: hold for it
-        (False, 2, True, GiveUp.UPSTREAM_FAILED),  # replicas up but failing this request
-        (False, 0, False, GiveUp.UPSTREAM_FAILED),  # nothing was tried
-        (False, 0, True, GiveUp.UPSTREAM_FAILED),
+        (True, 2, True, False, GiveUp.QUEUE_FULL),
+        (True, 2, False, True, GiveUp.QUEUE_FULL),  # a full queue wins over lost replicas
+        (False, 1, False, True, GiveUp.REPLICAS_LOST),  # a lone replica restarting: hold for it
+        (False, 2, True, False, GiveUp.UPSTREAM_FAILED),  # replicas up but failing this request
+        # Replicas went away (dropped, refused, 503) though another is still up: not this
+        # request's failure, so never a 502 — another round after the (instant) hold.
+        (False, 2, True, True, GiveUp.REPLICAS_LOST),
+        (False, 0, False, False, GiveUp.REPLICAS_LOST),  # none ready to try: hold for one
+        (False, 0, True, False, GiveUp.UPSTREAM_FAILED),  # e.g. the retry budget is spent
     ],
 )
-def test_give_up(queue_full: bool, tried: int, pool_ready: bool, expected: GiveUp) -> None:
-    assert give_up(queue_full=queue_full, tried=tried, pool_ready=pool_ready) is expected
+def test_give_up(
+    queue_full: bool, tried: int, pool_ready: bool, lost: bool, expected: GiveUp
+) -> None:
+    verdict = give_up(queue_full=queue_full, tried=tried, pool_ready=pool_ready, lost=lost)
+    assert verdict is expected

@@ -44,14 +44,31 @@ def test_worker_cache_walks_down_the_tiers_and_back_up() -> None:
     assert cache.switch(None).tier == SwitchTier.NONE and cache.active is None
 
 
-def test_a_resident_hit_does_not_refresh_the_host_copy() -> None:
-    """The worker's lookup answers a resident hit without touching the host tier, so a hot
-    adapter can leave host RAM while on the GPU, and comes back from disk, not host."""
+def test_a_resident_hit_refreshes_the_host_copy() -> None:
+    """The host tier holds every resident adapter too, so the worker's lookup counts a resident
+    hit there as well: a hot adapter served from the GPU does not age out of host RAM (it used
+    to, and then came back from disk)."""
     cache = WorkerAdapters.counted(TIMES, slots=2, host=2, disk=10)
     assert _tiers(cache, "a", "b", "a") == [SwitchTier.HUB, SwitchTier.HUB, SwitchTier.RESIDENT]
-    cache.switch("c")  # host admits c and drops a: its last host use was its admission
-    assert cache.resident == ("c", "a") and cache.host == ("c", "b")
-    assert _tiers(cache, "b", "a") == [SwitchTier.HOST, SwitchTier.DISK]
+    cache.switch("c")  # host admits c and drops b, the least recently *used* (a was just used)
+    assert cache.resident == ("c", "a") and cache.host == ("c", "a")
+    assert _tiers(cache, "b") == [SwitchTier.DISK]
+
+
+def test_a_spilled_load_is_kept_on_probation() -> None:
+    """A request the router spilled past the adapter's home still runs (and sits in a slot),
+    but its host copy is the first to go: it evicts this worker's own adapters only when it
+    is used again."""
+    cache = WorkerAdapters.counted(TIMES, slots=1, host=3, disk=10)
+    _tiers(cache, "a", "b", "c")
+    assert cache.switch("x", spill=True).tier == SwitchTier.HUB
+    assert cache.host == ("c", "b", "x")  # a went to make room; x is the least recent
+    cache.switch("d")  # the next admission evicts the spilled x, not b
+    assert cache.host == ("d", "c", "b")
+    cache.switch("y", spill=True)  # evicts b; y is now first out
+    assert _tiers(cache, "d", "y") == [SwitchTier.HOST, SwitchTier.HOST]  # y used again
+    cache.switch("z")
+    assert cache.host == ("z", "y", "d")  # c went, not y: its second use made it recent
 
 
 def test_byte_budgets_decide_what_stays() -> None:

@@ -92,7 +92,7 @@ def test_loraplex_runs_the_real_picker_and_policy() -> None:
     recorder = scenarios.run_loraplex(load_traffic(cfg.traffic), cfg)
     assert recorder.parts, "no pool recorded its parts"
     for picker, policy in recorder.parts.values():
-        assert type(picker) is pick.AdapterAffinityPicker
+        assert type(picker) is pick.PlacementPicker
         assert type(policy) is scaling.ScalingPolicy
     after = scenarios.run_after(load_traffic(cfg.traffic), cfg)
     assert {type(p) for p, _ in after.parts.values()} == {pick.RoundRobinPicker}
@@ -101,7 +101,7 @@ def test_loraplex_runs_the_real_picker_and_policy() -> None:
 def test_swapping_the_affinity_picker_changes_the_figures(monkeypatch) -> None:
     cfg = small(rate=0.5)
     real = simulate(cfg, scenarios=("loraplex",)).figures["loraplex"]
-    monkeypatch.setattr(scenarios, "AdapterAffinityPicker", lambda _bound: pick.RoundRobinPicker())
+    monkeypatch.setattr(scenarios, "PlacementPicker", lambda *_a, **_k: pick.RoundRobinPicker())
     swapped = simulate(cfg, scenarios=("loraplex",)).figures["loraplex"]
     assert swapped["loads_per_request"] > real["loads_per_request"] * 1.1
     assert swapped["switch_tiers"] != real["switch_tiers"]
@@ -187,9 +187,9 @@ def test_loraplex_replicas_run_the_workers_cache_and_queue(monkeypatch) -> None:
     def spying(cls, name):
         original = getattr(cls, name)
 
-        def spy(self, *args):
+        def spy(self, *args, **kwargs):
             calls[name] += 1
-            return original(self, *args)
+            return original(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, name, spy)
 
@@ -210,10 +210,12 @@ def test_loraplex_replicas_run_the_workers_cache_and_queue(monkeypatch) -> None:
 
 
 def test_the_workers_overtaking_saves_switches() -> None:
-    """Three replicas kept ~85 % busy over 30 adapters: queues often hold another request for
-    the active adapter, and the worker's GroupingQueue runs it next."""
+    """Three replicas kept ~95 % busy over 30 adapters: queues often hold another request for
+    the active adapter, and the worker's GroupingQueue runs it next. (The placement picker
+    already sends an adapter's requests to its homes, so it takes a fuller queue than the
+    previous picker's ~85 % for overtaking to show.)"""
     traffic_cfg = TrafficConfig(
-        synthetic=SyntheticTraffic(rate_per_s=0.3, adapters=30, zipf_exponent=1.0),
+        synthetic=SyntheticTraffic(rate_per_s=0.33, adapters=30, zipf_exponent=1.0),
         horizon_s=1800.0,
         seed=3,
     )
@@ -227,7 +229,7 @@ def test_the_workers_overtaking_saves_switches() -> None:
         tiers = figures.figures["loraplex"]["switch_tiers"]
         return tiers.get("active", 0) / sum(tiers.values())
 
-    assert active_share(4) > active_share(0) + 0.03  # measured: 0.31 vs 0.25
+    assert active_share(4) > active_share(0) + 0.03  # measured: 0.22 vs 0.15
 
 
 class _FirstPicker:

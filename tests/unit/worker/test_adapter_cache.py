@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from loraplex.worker.adapters import AdapterCache, AdapterKey, LruTier, choose_weight_file
+from loraplex.worker.adapters import (
+    AccessCounts,
+    AdapterCache,
+    AdapterKey,
+    LruTier,
+    choose_weight_file,
+)
 
 from loraplex.shared.contract import SwitchTier
 from loraplex.shared.errors import NotServable
@@ -106,3 +112,55 @@ def test_disk_evictions_drop_least_recently_used_and_never_the_protected_base() 
     assert disk_evictions([new, base, mid, old], 800, frozenset({"org/base"})) == []
     assert disk_evictions([new, base, mid, old], 700, frozenset({"org/base"})) == [old]
     assert disk_evictions([new, base, mid, old], 0, frozenset({"org/base"})) == [old, mid, new]
+
+
+def test_access_counts_halve_every_window_and_forget_zeros() -> None:
+    counts = AccessCounts(window=4)
+    for n in (1, 1, 1, 2):  # the 4th record halves: key(1) 3 → 1, key(2) 1 → forgotten
+        counts.record(key(n))
+    assert (counts[key(1)], counts[key(2)], len(counts)) == (1, 0, 1)
+
+
+def test_tinylfu_admission_keeps_the_frequent_and_refuses_a_one_off() -> None:
+    counts = AccessCounts(window=1000)
+    tier: LruTier[str] = LruTier(capacity_bytes=20, admission=counts)
+    for n in (1, 1, 2, 2):
+        counts.record(key(n))
+    tier.put(key(1), "a", 10)
+    tier.put(key(2), "b", 10)  # room for both: no filter without a victim
+    counts.record(key(3))
+    assert tier.put(key(3), "c", 10) == [] and key(3) not in tier  # 1 use vs the victim's 2
+    for _ in range(2):
+        counts.record(key(3))
+    assert tier.put(key(3), "c", 10) == [key(1)]  # 3 uses beat key(1)'s 2
+    assert tier.recent() == [key(3), key(2)]
+
+
+def test_probation_puts_a_spilled_value_first_in_line_for_eviction() -> None:
+    cache: AdapterCache[str] = AdapterCache(
+        resident_bytes=0, resident_slots=0, host_bytes=30, to_device=lambda v: v
+    )
+    cache.admit(key(1), "w1", 10)
+    cache.admit(key(2), "w2", 10)
+    assert cache.admit(key(9), "spilled", 10, keep=False) == "spilled"  # still served
+    assert cache.host.recent() == [key(2), key(1), key(9)]
+    cache.admit(key(3), "w3", 10)
+    assert key(9) not in cache.host and key(1) in cache.host
+
+
+def test_a_resident_hit_counts_as_a_host_use() -> None:
+    cache: AdapterCache[str] = AdapterCache(
+        resident_bytes=100, resident_slots=2, host_bytes=20, to_device=lambda v: v
+    )
+    cache.admit(key(1), "w1", 10)
+    cache.admit(key(2), "w2", 10)
+    assert cache.lookup(key(1), len) == (SwitchTier.RESIDENT, "w1")
+    cache.admit(key(3), "w3", 10)  # the host tier drops key(2), not the just-used key(1)
+    assert key(1) in cache.host and key(2) not in cache.host
+
+
+def test_unknown_host_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="host_policy"):
+        AdapterCache(
+            resident_bytes=0, resident_slots=0, host_bytes=1, to_device=str, host_policy="lfu"
+        )  # type: ignore[arg-type]
