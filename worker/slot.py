@@ -213,6 +213,7 @@ class SwitchPlan:
     src: list[torch.Tensor]
     scale_index: torch.Tensor
     scale_values: torch.Tensor
+    staging: torch.Tensor | None = None  # the staging buffer ``src`` views, when staged
 
 
 @dataclass(eq=False)
@@ -252,10 +253,15 @@ class LoraSlot:
         dtype: torch.dtype,
         device: torch.device,
         static: bool = False,
+        stage: bool | None = None,
     ) -> None:
-        """``modules`` maps each layout name to its module; ``static`` is compiled mode."""
+        """``modules`` maps each layout name to its module; ``static`` is compiled mode;
+        ``stage`` copies a host value to the device in one piece before scattering it (default:
+        when the value is not on the slot's device — see :meth:`load`)."""
         self.layout = layout
         self.static = static
+        self._stage = stage
+        self._staging: torch.Tensor | None = None
         self.buffer = torch.zeros(layout.numel, dtype=dtype, device=device)
         self.scales = torch.zeros(len(layout.modules), dtype=torch.float32, device=device)
         self.active = False
@@ -273,13 +279,25 @@ class LoraSlot:
 
     @property
     def nbytes(self) -> int:
-        return self.buffer.numel() * self.buffer.element_size() + self.scales.numel() * 4
+        staging = 0 if self._staging is None else self._staging.numel()
+        return (
+            self.buffer.numel() + staging
+        ) * self.buffer.element_size() + self.scales.numel() * 4
 
     def load(self, packed: PackedAdapter) -> None:
         """Make ``packed`` active: zero what the previous adapter wrote and this one does not
-        overwrite, then scatter this one."""
+        overwrite, then scatter this one.
+
+        A host value (host tier, pinned on CUDA) is first copied to the device in ONE piece
+        into a staging buffer (grown to the largest adapter seen), then scattered device to
+        device: one PCIe transfer at full bandwidth instead of one small transfer per tensor.
+        """
         self._clear(packed)
-        plan = self._plan(packed)
+        stage = packed.flat.device != self.buffer.device if self._stage is None else self._stage
+        staging = self._staging_for(packed) if stage else None
+        plan = self._plan(packed, staging)
+        if staging is not None:
+            staging.copy_(packed.flat, non_blocking=packed.flat.is_pinned())
         torch._foreach_copy_(plan.dst, plan.src, non_blocking=packed.flat.is_pinned())
         self.scales.index_copy_(0, plan.scale_index, plan.scale_values)
         if not self.static:
@@ -335,10 +353,23 @@ class LoraSlot:
         if index not in self._handles:
             self._handles[index] = self._modules[index].register_forward_hook(hook)
 
-    def _plan(self, packed: PackedAdapter) -> SwitchPlan:
-        """Slot views and packed views for every A_r and Bt_r of ``packed``, and its scales on
-        the slot's device; built once per value and cached on it."""
-        if packed.plan is None:
+    def _staging_for(self, packed: PackedAdapter) -> torch.Tensor:
+        """The first ``packed``-size elements of the staging buffer (grown when too small)."""
+        n = packed.flat.numel()
+        if self._staging is None or self._staging.numel() < n:
+            self._staging = torch.empty(n, dtype=self.buffer.dtype, device=self.buffer.device)
+        return self._staging[:n]
+
+    def _plan(self, packed: PackedAdapter, staging: torch.Tensor | None = None) -> SwitchPlan:
+        """Slot views and source views (of ``packed`` itself, or of ``staging``) for every A_r
+        and Bt_r of ``packed``, and its scales on the slot's device; built once per value and
+        source, cached on the value."""
+        stale = packed.plan is not None and (
+            (packed.plan.staging is None) != (staging is None)
+            or (staging is not None and packed.plan.staging.data_ptr() != staging.data_ptr())
+        )
+        if packed.plan is None or stale:
+            source = packed.flat if staging is None else staging
             dst: list[torch.Tensor] = []
             src: list[torch.Tensor] = []
             for e in packed.entries:
@@ -347,12 +378,12 @@ class LoraSlot:
                 n_a, n_b = e.rank * m.in_features, e.rank * m.out_features
                 start = e.offset
                 dst += [a[: e.rank], bt[: e.rank]]
-                src.append(packed.flat[start : start + n_a].view(e.rank, m.in_features))
-                src.append(packed.flat[start + n_a : start + n_a + n_b].view(e.rank, -1))
+                src.append(source[start : start + n_a].view(e.rank, m.in_features))
+                src.append(source[start + n_a : start + n_a + n_b].view(e.rank, -1))
             device = self.scales.device
             index = torch.tensor([e.index for e in packed.entries], device=device)
             values = torch.tensor([e.scale for e in packed.entries], device=device)
-            packed.plan = SwitchPlan(dst, src, index, values)
+            packed.plan = SwitchPlan(dst, src, index, values, staging)
         return packed.plan
 
 

@@ -28,12 +28,15 @@ class Block(nn.Module):
         return self.ff(self.to_out[0](self.to_q(h) * self.to_k(h).sigmoid()))
 
 
-def make(static: bool = False, rank: int = 4, targets: tuple[str, ...] | None = None):
+def make(
+    static: bool = False, rank: int = 4, targets: tuple[str, ...] | None = None, stage: bool = False
+):
     torch.manual_seed(0)
     model = Block()
     layout = SlotLayout.for_components({"unet": model}, rank, targets)
     modules = {f"unet.{n}": m for n, m in model.named_modules()}
-    slot = LoraSlot(modules, layout, dtype=torch.float32, device=torch.device("cpu"), static=static)
+    cpu = torch.device("cpu")
+    slot = LoraSlot(modules, layout, dtype=torch.float32, device=cpu, static=static, stage=stage)
     return model, layout, slot
 
 
@@ -97,11 +100,15 @@ def test_packed_adapters_are_stored_in_their_own_size_not_the_slots() -> None:
     assert slot.nbytes > 100 * packed.nbytes
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["eager", "static"])
+@pytest.mark.parametrize(
+    ("static", "stage"),
+    [(False, False), (True, False), (False, True)],
+    ids=["eager", "static", "staged"],  # staged: one copy into a staging buffer, then scatter
+)
 def test_switches_in_any_order_equal_the_written_out_lora_and_base_stays_bit_exact(
-    static: bool,
+    static: bool, stage: bool
 ) -> None:
-    model, layout, slot = make(static=static)
+    model, layout, slot = make(static=static, stage=stage)
     x = torch.randn(2, 3, 5, 5)
     pristine = model(x)
     packed = {name: layout.pack(w, dtype=torch.float32) for name, w in ADAPTERS.items()}
