@@ -214,6 +214,7 @@ class SwitchPlan:
     scale_index: torch.Tensor
     scale_values: torch.Tensor
     staging: torch.Tensor | None = None  # the staging buffer ``src`` views, when staged
+    owner: int = 0  # id() of the slot whose buffer ``dst`` views
 
 
 @dataclass(eq=False)
@@ -365,7 +366,8 @@ class LoraSlot:
         and Bt_r of ``packed``, and its scales on the slot's device; built once per value and
         source, cached on the value."""
         stale = packed.plan is not None and (
-            (packed.plan.staging is None) != (staging is None)
+            packed.plan.owner != id(self)  # the same value loaded into another slot
+            or (packed.plan.staging is None) != (staging is None)
             or (staging is not None and packed.plan.staging.data_ptr() != staging.data_ptr())
         )
         if packed.plan is None or stale:
@@ -383,7 +385,7 @@ class LoraSlot:
             device = self.scales.device
             index = torch.tensor([e.index for e in packed.entries], device=device)
             values = torch.tensor([e.scale for e in packed.entries], device=device)
-            packed.plan = SwitchPlan(dst, src, index, values, staging)
+            packed.plan = SwitchPlan(dst, src, index, values, staging, id(self))
         return packed.plan
 
 

@@ -153,3 +153,13 @@ def test_pack_refuses_rank_above_slot_wrong_shapes_and_modules_outside() -> None
         layout.pack({"unet.to_q": lora((2, 5), (8, 2), 1.0)}, dtype=torch.float32)
     with pytest.raises(KeyError):
         layout.pack({"unet.other": lora((2, 4), (8, 2), 1.0)}, dtype=torch.float32)
+
+
+def test_one_packed_value_loads_into_two_slots() -> None:
+    """The copy plan cached on a value belongs to the slot that built it."""
+    _, layout, first = make()
+    _, _, second = make()
+    packed = layout.pack(ADAPTERS["all-r4"], dtype=torch.float32)
+    first.load(packed)
+    second.load(packed)
+    assert torch.equal(first.buffer, second.buffer) and first.buffer.abs().sum() > 0
