@@ -55,7 +55,7 @@ lint: check-lock
 	scripts/lint-imports.sh $(BIN)/lint-imports
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15  # the slowest tests, to keep CI under its 20 minutes
 
 quick: venv
 	$(BIN)/pytest -q -m "not slow"

@@ -67,10 +67,10 @@ def test_every_adapter_takes_a_fast_tier_and_matches_diffusers(base_case) -> Non
 def test_every_tier_path_of_every_adapter_gives_the_same_image(base_case) -> None:
     """One resident slot: the previous adapter falls to the host tier at every switch."""
     engine, refs, adapters = base_case
-    for repo_id in adapters:  # host and resident tiers, alternating with the others
+    for i, repo_id in enumerate(adapters):  # host and resident tiers, between others
         ref = AdapterRef(repo_id=repo_id)
         seen = set()
-        for other in [*adapters, None]:
+        for other in [adapters[i - 1], None, adapters[(i + 1) % len(adapters)]]:
             engine.switch_to(None if other is None else AdapterRef(repo_id=other))
             seen.add(engine.switch_to(ref).tier)
             check(engine, refs, repo_id)
