@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fixtures.hub import point_client_at
 from fixtures.worker import (
     WorkerServer,
     one_torch_thread,  # noqa: F401 - pytest fixture
@@ -31,14 +30,6 @@ from loraplex.demo.models import LORA_R4, LORA_R8_ALPHA16
 from loraplex.shared.contract import Headers
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
-
-
-@pytest.fixture(scope="module")
-def hub_cache(hub_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    cache = tmp_path_factory.mktemp("disk-faults-hf")
-    with pytest.MonkeyPatch.context() as patch:
-        point_client_at(patch, hub_server.url, cache)
-        yield cache / "hub"
 
 
 @pytest.fixture(scope="module")

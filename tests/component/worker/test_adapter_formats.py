@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from fixtures.engines import engine_for, hub_cache, image, max_diff, reference_images  # noqa: F401
+from fixtures.engines import engine_for, image, max_diff, reference_images
 from fixtures.worker import one_torch_thread  # noqa: F401 - pytest fixture
 from loraplex.worker.pipeline import Engine
 
@@ -33,7 +33,7 @@ FAST = (SwitchTier.HUB, SwitchTier.DISK, SwitchTier.HOST, SwitchTier.RESIDENT)
 def base_case(
     request: pytest.FixtureRequest,
     demo_models,
-    hub_cache,  # noqa: F811 - the fixture imported above
+    hub_cache,
 ) -> Iterator[tuple[Engine, dict, list[str]]]:
     base = request.param
     specs = demo_models.demo.adapters_for(base)
@@ -86,7 +86,7 @@ def test_every_tier_path_of_every_adapter_gives_the_same_image(base_case) -> Non
 
 def test_modules_the_base_lacks_are_ignored_as_diffusers_ignores_them(
     demo_models,
-    hub_cache,  # noqa: F811 - the fixture imported above
+    hub_cache,
 ) -> None:
     repo = demo_models.test_repos.flux_missing
     weight = next(demo_models.path(repo).glob("*.safetensors"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures.engines import engine_for, hub_cache, image, max_diff, reference_images  # noqa: F401
+from fixtures.engines import engine_for, image, max_diff, reference_images
 from fixtures.worker import one_torch_thread  # noqa: F401 - pytest fixture
 
 from loraplex.demo.models import ADAPTERS, TINY_SD
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_switches_between_different_module_sets_and_ranks_never_recompile(
-    hub_cache,  # noqa: F811 - the fixture imported above
+    hub_cache,
     demo_models,
 ) -> None:
     from torch._dynamo.utils import counters

@@ -9,12 +9,12 @@ repo folders with diffusers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fixtures.engines import reference_images
 from fixtures.hub import point_client_at
 from fixtures.worker import one_torch_thread  # noqa: F401 - pytest fixture
 from loraplex.worker.pipeline import Engine
@@ -42,38 +42,10 @@ def image(engine: Engine) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def hub_cache(hub_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    cache = tmp_path_factory.mktemp("worker-hf-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        point_client_at(patch, hub_server.url, cache)
-        yield cache / "hub"
-
-
-@pytest.fixture(scope="module")
 def references(demo_models) -> dict[str | None, np.ndarray]:
     """Images from a pristine diffusers pipeline: the base, then each adapter (diffusers load)."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(demo_models.path(TINY_SD))
-    pipe.set_progress_bar_config(disable=True)
-
-    def render() -> np.ndarray:
-        return pipe(
-            REQUEST.prompt,
-            width=64,
-            height=64,
-            num_inference_steps=2,
-            guidance_scale=5.0,
-            generator=torch.Generator().manual_seed(REQUEST.seed),
-            output_type="np",
-        ).images[0]
-
-    refs: dict[str | None, np.ndarray] = {None: render()}
-    for spec in ADAPTERS:
-        pipe.load_lora_weights(str(demo_models.path(spec.repo_id)), weight_name=spec.weight_name)
-        refs[spec.repo_id] = render()
-        pipe.unload_lora_weights()
-    return refs
+    weights = [(s.repo_id, demo_models.path(s.repo_id) / s.weight_name) for s in ADAPTERS]
+    return reference_images(demo_models.path(TINY_SD), weights, REQUEST)
 
 
 @pytest.fixture(scope="module")
@@ -366,22 +338,9 @@ def test_unreadable_lora_metadata_on_the_fast_path_is_422(
 def test_a_dora_adapter_takes_the_slow_tier_with_its_reason_and_matches_diffusers(
     engine: Engine, references: dict, demo_models
 ) -> None:
-    from diffusers import StableDiffusionPipeline
-
     repo = demo_models.test_repos.dora
-    folder = demo_models.path(repo)
-    pipe = StableDiffusionPipeline.from_pretrained(demo_models.path(TINY_SD))
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(folder), weight_name=next(folder.glob("*.safetensors")).name)
-    expected = pipe(
-        REQUEST.prompt,
-        width=64,
-        height=64,
-        num_inference_steps=2,
-        guidance_scale=5.0,
-        generator=torch.Generator().manual_seed(REQUEST.seed),
-        output_type="np",
-    ).images[0]
+    weight = next(demo_models.path(repo).glob("*.safetensors"))
+    expected = reference_images(demo_models.path(TINY_SD), [(repo, weight)], REQUEST)[repo]
     for _ in range(2):  # first load, then the known-slow path
         switch = engine.switch_to(AdapterRef(repo_id=repo))
         assert switch.tier == SwitchTier.SLOW
