@@ -9,7 +9,8 @@ and one single block so it fits this machine. Adapters are written by the demo w
 * ``tier``        — where the first load lands (``disk``: converted into the slot; ``slow``);
 * ``switch_ms``   — median host-tier switch between two adapters of that format (the engine's
   own ``switch_to``, resident tier off so every hit is a host hit);
-* ``memcpy_ms``   — median copy of the adapter's own bytes into the slot buffer (the floor);
+* ``memcpy_ms``   — median copy of the adapter's own bytes into the slot buffer (the floor),
+  alternating between the same two adapters as the switches;
 * ``seed_ms``     — the seed's cycle on the same file: ``load_lora_weights`` + ``fuse_lora``,
   ``unfuse_lora`` + ``unload_lora_weights``; ``seed_over_switch`` and ``switch_over_memcpy``;
 * ``adapter_mb`` (the packed adapter) and ``slot_mb`` (the whole slot).
@@ -142,11 +143,13 @@ def measure_format(pipe, spec, root: Path, reps: int) -> dict:
     engine.switch_to(pair[1])
     turn = iter(range(10**9))
     switch_ms = median_ms(lambda: engine.switch_to(pair[next(turn) % 2]), reps)
-    packed = engine.cache.host.get(AdapterKey(pair[0].repo_id, "0" * 40))
-    nbytes = packed.nbytes if packed is not None else 0
-    dst = engine.slot.buffer[: max(1, nbytes // engine.slot.buffer.element_size())]
-    src = dst.clone()
-    memcpy_ms = median_ms(lambda: dst.copy_(src), reps)
+    packed = [engine.cache.host.get(AdapterKey(ref.repo_id, "0" * 40)) for ref in pair]
+    nbytes = packed[0].nbytes
+    # The floor: the same two adapters' bytes, alternating as the switches do (so neither
+    # side reads from a warm CPU cache the other does not have), into the slot buffer.
+    dst = engine.slot.buffer[: packed[0].flat.numel()]
+    srcs = [p.flat[: dst.numel()] for p in packed]
+    memcpy_ms = median_ms(lambda: dst.copy_(srcs[next(turn) % 2]), reps)
     engine.switch_to(None)
     engine.slot.remove()
     path = FolderFetcher(root).cached_path(

