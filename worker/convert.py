@@ -128,8 +128,10 @@ def convert(
             f"{path.name}: its LoRA metadata cannot be read ({type(exc).__name__}: {exc}); "
             "re-save it with this diffusers/peft version"
         ) from None
-    _drop_missing(path, parts, components)
-    reason = _slow_reason(pipeline_cls, parts, components, layout)
+    # One walk of each touched component's module tree, shared by both checks.
+    modules = {p.component: dict(components[p.component].named_modules()) for p in parts if p.pairs}
+    _drop_missing(path, parts, modules)
+    reason = _slow_reason(pipeline_cls, parts, modules, layout)
     if reason is not None:
         return Converted(None, reason)
     weights = {
@@ -158,13 +160,13 @@ def _check_keys(
 
 
 def _drop_missing(
-    path: Path, parts: list[ComponentLora], components: Mapping[str, nn.Module]
+    path: Path, parts: list[ComponentLora], modules: Mapping[str, Mapping[str, nn.Module]]
 ) -> None:
     """Drop modules the base does not have, as peft does (it warns about the unexpected keys
     and loads the rest); 422 when none of the adapter's modules exist: another architecture."""
     missing: list[str] = []
     for part in parts:
-        present = dict(components[part.component].named_modules())
+        present = modules.get(part.component, {})
         for name in [n for n in part.pairs if n not in present]:
             del part.pairs[name]
             missing.append(f"{part.component}.{name}")
@@ -186,16 +188,16 @@ def _drop_missing(
 def _slow_reason(
     pipeline_cls: type,
     parts: list[ComponentLora],
-    components: Mapping[str, nn.Module],
+    modules: Mapping[str, Mapping[str, nn.Module]],
     layout: SlotLayout,
 ) -> str | None:
     """Why this adapter cannot go into the slot (None: it fits); 422 for foreign shapes."""
     for part in parts:
         if part.other_keys:
             return _other_weights_reason(part)
-        modules = dict(components[part.component].named_modules())
+        present = modules.get(part.component, {})
         for name, (a, b) in part.pairs.items():
-            widens = _check_shape(pipeline_cls, part.component, name, a, b, modules.get(name))
+            widens = _check_shape(pipeline_cls, part.component, name, a, b, present.get(name))
             if widens:
                 return f"it widens {part.component}.{name} (a Flux Control LoRA)"
     for part in parts:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -231,7 +232,7 @@ class PackedAdapter:
     entries: tuple[PackedEntry, ...]
     plan: SwitchPlan | None = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def ranks(self) -> dict[int, int]:
         """Slot module index → this adapter's rank there."""
         return {e.index: e.rank for e in self.entries}
