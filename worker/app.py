@@ -40,7 +40,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from loraplex.worker.auth import RouterOnly
 from loraplex.worker.convert import slow_kind
-from loraplex.worker.load_costs import DiskListing, LoadCosts, scan_hf_cache
+from loraplex.worker.fetch import scan_hf_cache
+from loraplex.worker.load_costs import DiskListing, LoadCosts
 from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.pipeline import Engine, Generated
 from loraplex.worker.progress import LoadProgress

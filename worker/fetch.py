@@ -62,12 +62,14 @@ from huggingface_hub import (
     snapshot_download,
     try_to_load_from_cache,
 )
+from huggingface_hub.errors import CacheNotFound
 from huggingface_hub.hf_api import RepoSibling
 from huggingface_hub.utils import filter_repo_objects
 from loraplex.worker.adapters import AdapterKey, DiskEntry, choose_weight_file, disk_evictions
 from loraplex.worker.cache_files import disk_errors, drop_cached, incomplete_reason
 from loraplex.worker.hub_bars import BarSink, counting_bars
 from loraplex.worker.hub_errors import hub_errors
+from loraplex.worker.load_costs import Scan
 from loraplex.worker.progress import LOGGED_DOWNLOAD_BYTES, DownloadLog, LoadProgress
 
 from loraplex.shared.contract import AdapterRef
@@ -355,3 +357,23 @@ def _sink(
 def _base_level() -> int:
     """The base download's progress lines: DEBUG on a terminal (see the module docstring)."""
     return logging.DEBUG if sys.stderr.isatty() else logging.INFO
+
+
+def scan_hf_cache(cache_dir: Path | None, exclude: frozenset[str]) -> Scan:
+    """A :data:`~loraplex.worker.load_costs.Scan` of the HF cache's model repos (revisions as
+    ``repo@commit``), leaving out the repos in ``exclude`` (the base model). A missing cache
+    folder is an empty disk."""
+
+    def scan() -> list[tuple[str, float]]:
+        try:
+            info = scan_cache_dir(cache_dir)
+        except CacheNotFound:  # nothing downloaded yet
+            return []
+        return [
+            (f"{repo.repo_id}@{rev.commit_hash}", repo.last_accessed)
+            for repo in info.repos
+            if repo.repo_type == "model" and repo.repo_id not in exclude
+            for rev in repo.revisions
+        ]
+
+    return scan

@@ -12,8 +12,8 @@ the tier that replica holds the adapter in. Those prices come from here, through
   adapter size seen there. Pure: no I/O, no clock.
 * :class:`DiskListing` — the adapter commits in the HF cache (the disk tier), most recently
   used first, at most ``limit`` of them, re-read at most every ``ttl_s`` seconds (a scan
-  stats every file). Pure: the scan and the clock are injected; :func:`scan_hf_cache` is the
-  scan the worker passes in (``huggingface_hub.scan_cache_dir``).
+  stats every file). Pure: the scan and the clock are injected; the worker passes
+  :func:`loraplex.worker.fetch.scan_hf_cache` (the HF cache's I/O lives with the fetcher).
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
-
-from huggingface_hub import scan_cache_dir
-from huggingface_hub.errors import CacheNotFound
 
 TIERS = ("resident", "host", "disk", "hub")  # the tiers the router prices
 
@@ -109,22 +105,3 @@ class DiskListing:
                 self._keys = [key for key, _ in found[: self.limit]]
                 self._at = now
             return list(self._keys)
-
-
-def scan_hf_cache(cache_dir: Path | None, exclude: frozenset[str]) -> Scan:
-    """A :data:`Scan` of the HF cache's model repos (revisions as ``repo@commit``), leaving out
-    the repos in ``exclude`` (the base model). A missing cache folder is an empty disk."""
-
-    def scan() -> list[tuple[str, float]]:
-        try:
-            info = scan_cache_dir(cache_dir)
-        except CacheNotFound:  # nothing downloaded yet
-            return []
-        return [
-            (f"{repo.repo_id}@{rev.commit_hash}", repo.last_accessed)
-            for repo in info.repos
-            if repo.repo_type == "model" and repo.repo_id not in exclude
-            for rev in repo.revisions
-        ]
-
-    return scan

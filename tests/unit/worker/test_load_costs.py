@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from loraplex.worker.load_costs import DiskListing, LoadCosts, scan_hf_cache
+from loraplex.worker.fetch import scan_hf_cache
+from loraplex.worker.load_costs import DiskListing, LoadCosts
 
 
 def test_per_tier_averages_ignore_tiers_the_router_does_not_price() -> None:
