@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 from diffusers.utils import logging as diffusers_logging
-from loraplex.worker.adapters import AdapterKey, choose_weight_file
-from loraplex.worker.fetch import HubFetcher, WeightFile
+from fixtures.folder_hub import UNPINNED_COMMIT, FolderFetcher
+from loraplex.worker.adapters import AdapterKey
 from loraplex.worker.pipeline import Engine
 from loraplex.worker.settings import WorkerSettings
 
@@ -46,25 +46,6 @@ from loraplex.shared.contract import AdapterRef, GenerateRequest
 
 RANK = 32
 MB = 1e6
-
-
-class FolderFetcher(HubFetcher):
-    """The Hub replaced by ``root/<repo>/`` (this bench measures switching, not downloads)."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(cache_dir=None, max_adapter_bytes=2**40, branch_ttl_s=0)
-        self.root = root
-
-    def resolve(self, ref: AdapterRef, token: str | None) -> AdapterKey:
-        return AdapterKey(ref.repo_id, "0" * 40)
-
-    def weight_file(self, key: AdapterKey, token: str | None) -> WeightFile:
-        folder = self.root / key.repo_id
-        name = choose_weight_file(key.repo_id, (p.name for p in folder.iterdir()))
-        return WeightFile(key, name, (folder / name).stat().st_size)
-
-    def cached_path(self, weight: WeightFile) -> Path | None:
-        return self.root / weight.key.repo_id / weight.filename
 
 
 def median_ms(fn: Callable[[], object], reps: int) -> float:
@@ -123,12 +104,13 @@ def all_specs() -> dict[str, demo_adapters.AdapterSpec]:
     return {s.repo_id: s for s in specs}
 
 
-def measure_format(pipe, spec, root: Path, reps: int) -> dict:
-    conv = {"conv_rank": RANK // 2} if spec.conv_rank else {}
+def measure_format(pipe, spec, root: Path, reps: int, rank: int = RANK) -> dict:
+    """Figures for ``spec``'s format and module set at ``rank`` in a slot of rank RANK."""
+    conv = {"conv_rank": rank // 2} if spec.conv_rank else {}
     pair = []
     for i in range(2):
         repo = f"bench/{spec.repo_id.split('/')[1]}-{i}"
-        sized = dataclasses.replace(spec, repo_id=repo, rank=RANK, alpha=RANK / 2, seed=i, **conv)
+        sized = dataclasses.replace(spec, repo_id=repo, rank=rank, alpha=rank / 2, seed=i, **conv)
         demo_adapters.write_adapter(pipe, sized, root / repo)
         pair.append(AdapterRef(repo_id=repo))
     settings = WorkerSettings(
@@ -143,7 +125,7 @@ def measure_format(pipe, spec, root: Path, reps: int) -> dict:
     engine.switch_to(pair[1])
     turn = iter(range(10**9))
     switch_ms = median_ms(lambda: engine.switch_to(pair[next(turn) % 2]), reps)
-    packed = [engine.cache.host.get(AdapterKey(ref.repo_id, "0" * 40)) for ref in pair]
+    packed = [engine.cache.host.get(AdapterKey(ref.repo_id, UNPINNED_COMMIT)) for ref in pair]
     nbytes = packed[0].nbytes
     # The floor: the same two adapters' bytes, alternating as the switches do (so neither
     # side reads from a warm CPU cache the other does not have), into the slot buffer.

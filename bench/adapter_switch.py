@@ -34,8 +34,8 @@ from pathlib import Path
 import psutil
 import torch
 from diffusers.utils import logging as diffusers_logging
-from loraplex.worker.adapters import PREFERRED_WEIGHT_FILE, AdapterCache, AdapterKey
-from loraplex.worker.fetch import HubFetcher, WeightFile
+from fixtures.folder_hub import FolderFetcher
+from loraplex.worker.adapters import PREFERRED_WEIGHT_FILE, AdapterCache
 from loraplex.worker.memory import pin_malloc_thresholds
 from loraplex.worker.pipeline import Engine
 from loraplex.worker.settings import WorkerSettings
@@ -48,21 +48,6 @@ RANK = 32
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' dreambooth default
 WEIGHT = PREFERRED_WEIGHT_FILE
 MB = 1e6
-
-
-class FolderFetcher(HubFetcher):
-    """The Hub replaced by ``root/<repo>/`` (documented above): same interface, no network."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(cache_dir=None, max_adapter_bytes=2**40, branch_ttl_s=0)
-        self.root = root
-
-    def weight_file(self, key: AdapterKey, token: str | None) -> WeightFile:
-        return WeightFile(key, WEIGHT, (self.root / key.repo_id / WEIGHT).stat().st_size)
-
-    def cached_path(self, weight: WeightFile) -> Path | None:
-        return self.root / weight.key.repo_id / weight.filename
-
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPE = torch.float16 if DEVICE.type == "cuda" else torch.float32  # as the worker picks

@@ -374,21 +374,36 @@ class LoraSlot:
         )
         if packed.plan is None or stale:
             source = packed.flat if staging is None else staging
-            dst: list[torch.Tensor] = []
-            src: list[torch.Tensor] = []
-            for e in packed.entries:
-                m = self.layout.modules[e.index]
-                a, bt = self._views[e.index]
-                n_a, n_b = e.rank * m.in_features, e.rank * m.out_features
-                start = e.offset
-                dst += [a[: e.rank], bt[: e.rank]]
-                src.append(source[start : start + n_a].view(e.rank, m.in_features))
-                src.append(source[start + n_a : start + n_a + n_b].view(e.rank, -1))
+            runs = _copy_runs(packed, self.layout)
+            dst = [self.buffer[d : d + n] for d, _, n in runs]
+            src = [source[s : s + n] for _, s, n in runs]
             device = self.scales.device
             index = torch.tensor([e.index for e in packed.entries], device=device)
             values = torch.tensor([e.scale for e in packed.entries], device=device)
             packed.plan = SwitchPlan(dst, src, index, values, staging, id(self))
         return packed.plan
+
+
+def _copy_runs(packed: PackedAdapter, layout: SlotLayout) -> list[tuple[int, int, int]]:
+    """(slot offset, packed offset, length) of every piece a switch copies, with pieces that
+    are back to back on both sides merged into one run.
+
+    Per module the pieces are A_r (the first ``r`` rows of A) and Bt_r. When the adapter's rank
+    equals the slot's, A and Bt are adjacent in both buffers, and so are consecutive modules
+    (e.g. the 8 attention projections of a transformer block): merged, a switch copies a few
+    large runs instead of thousands of small tensors. That matters on CPU, where each copy below
+    torch's parallel grain (32k elements) runs on one thread; on CUDA it shortens the
+    multi-tensor launch list."""
+    runs: list[tuple[int, int, int]] = []
+    for e in packed.entries:
+        m = layout.modules[e.index]
+        n_a, n_b = e.rank * m.in_features, e.rank * m.out_features
+        for dst, src, n in ((m.a_offset, e.offset, n_a), (m.b_offset, e.offset + n_a, n_b)):
+            if runs and runs[-1][0] + runs[-1][2] == dst and runs[-1][1] + runs[-1][2] == src:
+                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + n)
+            else:
+                runs.append((dst, src, n))
+    return runs
 
 
 class _SlotHook:

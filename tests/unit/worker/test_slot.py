@@ -166,3 +166,16 @@ def test_one_packed_value_loads_into_two_slots() -> None:
     first.load(packed)
     second.load(packed)
     assert torch.equal(first.buffer, second.buffer) and first.buffer.abs().sum() > 0
+
+
+def test_a_full_rank_adapter_on_consecutive_modules_is_copied_in_one_run() -> None:
+    """At the slot's rank, A and Bt of a module and the next module are back to back in both
+    buffers: the switch plan merges them (and the permutation test above checks the result)."""
+    from loraplex.worker.slot import _copy_runs
+
+    _, layout, _ = make()
+    full = layout.pack(ADAPTERS["all-r4"], dtype=torch.float32)  # conv1, to_q | to_out.0, ff
+    assert len(_copy_runs(full, layout)) == 2  # to_k, untouched, splits it
+    assert sum(n for *_, n in _copy_runs(full, layout)) == full.flat.numel()
+    low = layout.pack(ADAPTERS["attn-r2"], dtype=torch.float32)  # rank 2 < 4: gaps in the slot
+    assert len(_copy_runs(low, layout)) == 2 * len(low.entries)
