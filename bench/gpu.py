@@ -11,11 +11,16 @@ attention only) serves the switch and recompile checks. Sections, in order, per 
 * ``switch``   pinned packed adapter → slot (``LoraSlot.load``) vs one pinned memcpy of the
                adapter's own bytes: switch_ms, memcpy_ms, switch_over_memcpy, *_gbps (PCIe);
 * ``generate`` base_gen_ms (slot off) vs hooked_gen_ms (slot on): hook_overhead_pct;
-* ``fused``    the slot's delta folded into the weights in place, restored from a saved device
-               copy: fuse_ms, restore_ms, fused_overhead_pct, restore_bit_exact (torch.equal);
+* ``fused``    exact fused serving through the worker's ``Merger`` (worker/merge.py): the delta
+               folded into the weights, restored from the pristine copy (pinned host):
+               first_fuse_ms, fuse_ms, restore_ms, restore_bit_exact (torch.equal with a clone,
+               after ``--fuse-cycles`` cycles), base/hooked/fused_step_ms measured in turns,
+               fused_overhead_pct, fused_vs_hooked_max_abs;
 * ``seed``     the seed's cycle with diffusers' own API on the bare model (load_lora_adapter
                from a host state dict, fuse_lora, unfuse_lora, unload_lora): seed_cycle_ms,
                seed_over_switch, seed_base_bit_exact (is the base what it was after the cycles);
+* ``batch``    (UNet only) one generation per call at batch 1 vs 4 images, slot off:
+               batch{1,4}_images_per_s, batch_speedup;
 * ``compile``  (after both models' eager sections) ``torch.compile`` with the static slot:
                compile_s, eager_gen_ms vs compiled_gen_ms, recompiles_across_switches (dynamo's
                unique_graphs over 5 adapter switches + base calls after warm-up).
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from loraplex.worker.merge import Merger
 from loraplex.worker.slot import ATTENTION_TARGETS, LoraSlot, PackedAdapter, SlotLayout
 from torch import nn
 from torch._dynamo.exc import TorchDynamoException
@@ -75,7 +81,16 @@ TINY_FLUX: dict[str, Any] = dict(
 )
 # fmt: on
 # Rough seconds a section needs at full size on one H200 (the budget guard's estimate).
-NEED_S = {"build": 20, "adapter": 10, "switch": 5, "generate": 20, "fused": 20, "seed": 40}
+NEED_S = {
+    "build": 20,
+    "adapter": 10,
+    "switch": 5,
+    "generate": 20,
+    "fused": 40,
+    "seed": 40,
+    "batch": 30,
+}
+BATCHES, TIMED_CYCLES = (1, 4), 5
 COMPILE_NEED_S = {"sdxl": 150, "flux": 240}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -288,58 +303,103 @@ def generate(run: Run) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def fold(run: Run, weights: list[torch.Tensor]) -> None:
-    """Fold the slot's current adapter into the weights (fp32 math) and turn the hooks off."""
-    slot, layout = run.slot, run.layout
-    assert slot is not None and layout is not None and slot.current is not None
-    views = layout.views(slot.buffer)
-    for e in slot.current.entries:
-        a, bt = views[e.index]
-        w = weights[e.index]
-        delta = (bt[: e.rank].t().float() @ a[: e.rank].float()) * e.scale
-        w.copy_(w.float() + delta.view_as(w))
-    slot.deactivate()
-
-
-@torch.no_grad()
 def fused(run: Run) -> dict[str, Any]:
-    """Exact fused serving: fold in place, restore from a saved device copy of the weights."""
-    slot, a = run.slot, run.a
-    assert slot is not None and a is not None
+    """Exact fused serving through the worker's own ``Merger`` (worker/merge.py): the pristine
+    copy where the worker keeps it by default (pinned host on CUDA), ``--fuse-cycles`` fuse +
+    restore cycles alternating adapters A and B (the first ``TIMED_CYCLES`` of A timed), then
+    every weight compared with a clone taken before the first fuse."""
+    slot, a, b = run.slot, run.a, run.b
+    assert slot is not None and a is not None and b is not None
     weights = [mod.weight for mod in run.modules().values()]
-    saved = [w.clone() for w in weights]  # the pristine copy (device memory)
+    saved = [w.clone() for w in weights]  # the independent check (device memory)
+    merger = Merger(slot, list(run.modules().values()), pristine="host")
     slot.load(a)
     hooked = run.model(**run.inputs[0])[0].float()
-    fuse, restore = [], []
-    for _ in range(run.args.fuse_cycles):
-        slot.load(a)
-        fuse.append(run.timed(lambda: fold(run, weights)))
-        restore.append(run.timed(lambda: torch._foreach_copy_(weights, saved)))
-    exact = all(torch.equal(w, s) for w, s in zip(weights, saved, strict=True))
-    slot.load(a)
-    fold(run, weights)
+    first_fuse_ms = run.timed(merger.fuse)  # also takes the pristine copy
     diff = (run.model(**run.inputs[0])[0].float() - hooked).abs().max().item()
-    ms = in_turns(
-        run,
-        {
-            "base": lambda: torch._foreach_copy_(weights, saved),
-            "fused": lambda: (slot.load(a), fold(run, weights)),
-        },
-    )
-    torch._foreach_copy_(weights, saved)
+    fuse, restore = [], []
+    for i in range(run.args.fuse_cycles):
+        merger.restore()
+        slot.load(a if i % 2 == 0 else b)
+        if i % 2 == 0 and len(fuse) < TIMED_CYCLES:
+            fuse.append(run.timed(merger.fuse))
+            restore.append(run.timed(merger.restore))
+        else:
+            merger.fuse()
+    merger.restore()
+    exact = all(torch.equal(w, s) for w, s in zip(weights, saved, strict=True))
+
+    def arm(state: str) -> Callable[[], None]:
+        def setup() -> None:
+            merger.restore()
+            slot.deactivate()
+            if state != "base":
+                slot.load(a)
+            if state == "fused":
+                merger.fuse()
+
+        return setup
+
+    ms = in_turns(run, {state: arm(state) for state in ("base", "hooked", "fused")})
+    merger.restore()
+    slot.deactivate()
     run.saved = saved
+    steps = len(run.inputs)
     return {
+        "first_fuse_ms": round(first_fuse_ms, 3),
         "fuse_ms": round(statistics.median(fuse), 3),
         "restore_ms": round(statistics.median(restore), 3),
-        "fuse_cycles": len(fuse),
+        "fuse_cycles": run.args.fuse_cycles,
         "restore_bit_exact": exact,
-        "restore_from": "device copy",
+        "restore_from": "pinned host" if run.device.type == "cuda" else "host",
+        "pristine_mb": round(merger.pristine_bytes / MB, 1),
+        "base_step_ms": round(ms["base"] / steps, 3),
+        "hooked_step_ms": round(ms["hooked"] / steps, 3),
+        "fused_step_ms": round(ms["fused"] / steps, 3),
         "fused_base_gen_ms": ms["base"],
         "fused_gen_ms": ms["fused"],
         "fused_overhead_pct": pct(ms["fused"], ms["base"]),
         "fused_vs_hooked_max_abs": diff,
         "hooked_out_max_abs": hooked.abs().max().item(),
     }
+
+
+def _batched(value: Any, times: int) -> Any:
+    """An input with its CFG batch (dim 0 of 2) repeated ``times`` times; others as they are."""
+    if isinstance(value, dict):
+        return {k: _batched(v, times) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == 2:
+        return torch.cat([value] * times)
+    return value
+
+
+@torch.no_grad()
+def batch(run: Run) -> dict[str, Any]:
+    """UNet throughput, slot off: one generation per call at batch 1 vs 4 images (CFG doubles
+    the latents); images/s per call = batch / generation time."""
+    assert run.slot is not None
+    if run.component != "unet":
+        run.out.setdefault("skipped", {})["batch"] = "UNet only"
+        return {}
+    run.slot.deactivate()
+    single = run.inputs
+    batched = {size: [_batched(step, size) for step in single] for size in BATCHES}
+
+    def use(size: int) -> Callable[[], None]:
+        return lambda: setattr(run, "inputs", batched[size])
+
+    try:  # in turns, like the other arms
+        ms = in_turns(run, {f"batch{size}": use(size) for size in BATCHES})
+    finally:
+        run.inputs = single
+    out: dict[str, Any] = {}
+    for size in BATCHES:
+        out[f"batch{size}_gen_ms"] = ms[f"batch{size}"]
+        out[f"batch{size}_images_per_s"] = round(size * 1e3 / ms[f"batch{size}"], 3)
+    first, last = BATCHES[0], BATCHES[-1]
+    ratio = out[f"batch{last}_images_per_s"] / out[f"batch{first}_images_per_s"]
+    out["batch_speedup"] = round(ratio, 3)
+    return out
 
 
 @torch.no_grad()
@@ -424,7 +484,7 @@ def compiled(run: Run) -> dict[str, Any]:
     }
 
 
-EAGER_SECTIONS = ("build", "adapter", "switch", "generate", "fused", "seed")
+EAGER_SECTIONS = ("build", "adapter", "switch", "generate", "fused", "seed", "batch")
 SECTIONS: dict[str, tuple[Callable[[Run], dict[str, Any]], tuple[str, ...]]] = {
     "build": (build, ()),
     "adapter": (adapter, ("build",)),
@@ -432,6 +492,7 @@ SECTIONS: dict[str, tuple[Callable[[Run], dict[str, Any]], tuple[str, ...]]] = {
     "generate": (generate, ("adapter",)),
     "fused": (fused, ("adapter",)),
     "seed": (seed, ("adapter",)),
+    "batch": (batch, ("adapter",)),
     "compile": (compiled, ("adapter",)),
 }
 
@@ -483,7 +544,9 @@ def make_runs(args: argparse.Namespace, device: torch.device) -> list[Run]:
 
 TABLE = ("adapter_mb", "slot_mb", "switch_ms", "memcpy_ms", "switch_over_memcpy", "switch_gbps",
          "seed_cycle_ms", "seed_over_switch", "base_gen_ms", "hook_overhead_pct",
-         "fused_overhead_pct", "fuse_ms", "restore_ms", "restore_bit_exact", "compile_s",
+         "fused_overhead_pct", "fuse_ms", "restore_ms", "restore_bit_exact", "base_step_ms",
+         "hooked_step_ms", "fused_step_ms", "batch1_images_per_s", "batch4_images_per_s",
+         "batch_speedup", "compile_s",
          "eager_gen_ms", "compiled_gen_ms", "recompiles_across_switches")  # fmt: skip
 
 
@@ -509,7 +572,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--budget-s", type=int, default=420, help="skip sections past this many seconds")
     add("--switch-reps", type=int, default=30, help="timed switches (median)")
     add("--gen-reps", type=int, default=3, help="timed generations per figure (median)")
-    add("--fuse-cycles", type=int, default=5, help="fuse + restore cycles")
+    add("--fuse-cycles", type=int, default=100, help="fuse + restore cycles (restore_bit_exact)")
     add("--seed-reps", type=int, default=3, help="seed cycles (load+fuse+unfuse+unload)")
     add(
         "--compile-backend",

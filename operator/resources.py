@@ -34,6 +34,7 @@ MANAGED_BY = "loraplex-operator"
 POOL_LABEL = "loraplex.dev/pool"
 BASE_MODEL_ANNOTATION = "loraplex.dev/base-model"
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+MERGE_MODES = ("never", "auto", "always")  # spec.merge → LORAPLEX_WORKER_MERGE (docs/merge.md)
 
 
 class InvalidPool(ValueError):
@@ -60,6 +61,7 @@ class Pool:
     pinned_replicas: int | None = None  # spec.replicas, set by `kubectl scale bmp`
     worker: Mapping[str, Any] = field(default_factory=dict)
     worker_secret: SecretKeyRef | None = None  # None: the worker gets no secret (loopback only)
+    merge: str | None = None  # spec.merge (fused serving); None: the worker's default
 
     @property
     def workload_name(self) -> str:
@@ -110,6 +112,9 @@ def parse_pool(
     for key in ("residentCacheSize", "hostCacheSize"):
         if worker.get(key) is not None:
             parse_quantity(worker[key], f"spec.worker.{key}")
+    merge = spec.get("merge")
+    if merge is not None and merge not in MERGE_MODES:
+        raise InvalidPool(f"spec.merge: {merge!r} is not one of {', '.join(MERGE_MODES)}")
     pinned = spec.get("replicas")
     if pinned is not None and (not isinstance(pinned, int) or pinned < 0):
         raise InvalidPool(f"spec.replicas: {pinned!r} must be an integer >= 0 (or unset)")
@@ -124,6 +129,7 @@ def parse_pool(
         pinned_replicas=pinned,
         worker=worker,
         worker_secret=worker_secret,
+        merge=merge,
     )
 
 
@@ -192,6 +198,8 @@ def worker_env(pool: Pool) -> list[dict[str, Any]]:
     ):
         if worker.get(key) is not None:
             env.append({"name": var, "value": str(parse_quantity(worker[key], key))})
+    if pool.merge is not None:
+        env.append({"name": "LORAPLEX_WORKER_MERGE", "value": pool.merge})
     if pool.worker_secret is not None:
         # Not optional: without it the worker refuses to start, so a missing Secret shows as
         # CreateContainerConfigError naming it, not as a worker every router call fails on.

@@ -31,19 +31,23 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from loraplex.worker.auth import RouterOnly
+from loraplex.worker.batching import BatchItem
 from loraplex.worker.convert import slow_kind
 from loraplex.worker.fetch import scan_hf_cache
 from loraplex.worker.load_costs import DiskListing, LoadCosts
 from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.pipeline import Engine, Generated
+from loraplex.worker.prefetch import Prefetcher
+from loraplex.worker.prefetch_engine import engine_prefetcher, prefetching
 from loraplex.worker.progress import LoadProgress
 from loraplex.worker.queue import Cancelled, CancelReason, CancelToken, DeviceExecutor
 from loraplex.worker.settings import WorkerSettings
@@ -94,9 +98,11 @@ class WorkerRuntime:
     ready: bool = False
     load_error: str | None = None
     progress: LoadProgress = field(default_factory=LoadProgress)  # what /readyz says
+    prefetcher: Prefetcher | None = None  # built with the engine (worker/prefetch.py)
     # What /v1/state tells the router's placement: measured switch costs, the disk tier.
     load_costs: LoadCosts = field(init=False)
     disk: DiskListing = field(init=False)
+    _fuses_counted: int = field(default=0, init=False, repr=False)  # merge_fuses exported so far
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -109,20 +115,49 @@ class WorkerRuntime:
             limit=settings.state_disk_adapters,
         )
 
-    def run(self, job: Job, cancel: CancelToken) -> Outcome:
-        """Device thread: one generation, with its metrics; stops once ``cancel`` is set."""
-        queued = time.perf_counter() - job.enqueued
+    def run(
+        self, jobs: Sequence[Job], cancels: Sequence[CancelToken], upcoming: int = 0
+    ) -> list[Outcome | Exception]:
+        """Device thread: one batch of jobs (the executor's ``run_batch``; docs/batching.md),
+        one outcome or exception per job, with each request's metrics; a job stops once its
+        token is set. ``upcoming``: same-adapter jobs still waiting (fused serving weighs it)."""
         assert self.engine is not None
-        spill = {"spill": True} if job.spill else {}  # only when set: wrappers take 3 args
-        generated = self.engine.generate(job.request, job.token, cancel, **spill)
+        started = time.perf_counter()
+        self.metrics.batch_size.observe(len(jobs))
+        # Probation (spill) for a fresh load only when no job of the batch is at its home.
+        options: dict[str, Any] = {"spill": True} if all(job.spill for job in jobs) else {}
+        if upcoming:  # keyword options only when set: test wrappers of generate take 3 args
+            options["upcoming"] = upcoming
+        if len(jobs) == 1:  # a lone job takes exactly the unbatched path (errors raise)
+            job = jobs[0]
+            outcomes: list[Generated | Exception] = [
+                self.engine.generate(job.request, job.token, cancels[0], **options)
+            ]
+        else:
+            items = [BatchItem(j.request, j.token, c) for j, c in zip(jobs, cancels, strict=True)]
+            outcomes = self.engine.generate_batch(items, **options)
+        return [
+            out if isinstance(out, Exception) else self._observe(out, started - job.enqueued)
+            for job, out in zip(jobs, outcomes, strict=True)
+        ]
+
+    def _observe(self, generated: Generated, queued_s: float) -> Outcome:
+        """One request's metrics; in a batch each reports the shared switch and call."""
         tier = generated.switch.tier.value
         self.metrics.switch_seconds.labels(tier=tier).observe(generated.switch.seconds)
         if generated.switch.slow_reason is not None:
             self.metrics.slow_switches.labels(reason=slow_kind(generated.switch.slow_reason)).inc()
         self.metrics.inference_seconds.observe(generated.compute_seconds)
         self.load_costs.observe_switch(tier, generated.switch.seconds)
-        self.load_costs.observe_generate(generated.compute_seconds)
-        return Outcome(generated, queued)
+        # Per image: what the router's placement prices a queued request at.
+        self.load_costs.observe_generate(generated.compute_seconds / generated.batch_size)
+        return Outcome(generated, queued_s)
+
+    def batch_key(self, job: Job) -> Hashable:
+        """Jobs with equal keys may share a pipeline call (None: this one never does)."""
+        if self.engine is None or self.settings.max_batch == 1:
+            return None
+        return self.engine.batch_key(job.request)
 
     def refresh_gauges(self) -> None:
         m = self.metrics
@@ -135,6 +170,11 @@ class WorkerRuntime:
             m.resident_bytes.set(snap.resident_bytes)
             m.host_adapters.set(len(snap.host))
             m.host_bytes.set(snap.host_bytes)
+            merger = self.engine.merger
+            m.merge_pristine_bytes.set(merger.pristine_bytes)
+            # The merger counts on the device thread; the counter catches up when scraped.
+            m.merge_fuses.inc(merger.fuses - self._fuses_counted)
+            self._fuses_counted = merger.fuses
         m.ready.set(1 if self.ready else 0)
 
     def state(self) -> WorkerState:
@@ -186,6 +226,9 @@ async def _warm(
             on_failed(runtime.load_error)
         return
     runtime.engine = engine
+    runtime.prefetcher = engine.prefetcher = engine_prefetcher(
+        engine, runtime.settings, runtime.metrics
+    )
     runtime.ready = True
     runtime.progress.ready()
     log.info("worker ready in %.1f s", time.perf_counter() - started)
@@ -212,7 +255,9 @@ def create_app(
         runtime = WorkerRuntime(settings, WorkerMetrics(settings.base_model))
         factory = engine_factory or partial(Engine.load, progress=runtime.progress)
         runtime.executor = DeviceExecutor(
-            runtime.run,
+            run_batch=runtime.run,
+            max_batch=settings.max_batch,
+            batch_key=runtime.batch_key,
             capacity=settings.queue_capacity,
             max_overtake=settings.max_overtake,
             retry_after_s=settings.retry_after_seconds,
@@ -228,6 +273,8 @@ def create_app(
         finally:
             warming.cancel()
             await runtime.executor.stop()
+            if runtime.prefetcher is not None:  # after the executor: a run may wait on it
+                await asyncio.to_thread(runtime.prefetcher.stop)
 
     app = FastAPI(
         title="loraplex worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
@@ -274,9 +321,10 @@ def _routes(app: FastAPI) -> None:
             job.spill = request.headers.get(Headers.PLACEMENT) == "spill"
             if runtime.engine is not None:  # refuse an oversized image before it queues
                 runtime.engine.check_size(body)
-            outcome: Outcome = await runtime.executor.submit(
-                group, job, request.is_disconnected, cancel=cancel
-            )
+            with prefetching(runtime.prefetcher, body.adapter, job.token, keep=not job.spill):
+                outcome: Outcome = await runtime.executor.submit(
+                    group, job, request.is_disconnected, cancel=cancel
+                )
         except Cancelled as exc:
             return _cancelled_response(exc, runtime)
         except LoraplexError as exc:
@@ -376,6 +424,7 @@ def _image_response(outcome: Outcome, runtime: WorkerRuntime) -> Response:
         Headers.QUEUE_MS: f"{outcome.queue_seconds * 1000:.3f}",
         Headers.QUEUE_DEPTH: str(runtime.executor.depth if runtime.executor else 0),
         Headers.ACTIVE_ADAPTER: str(switch.active) if switch.active else "",
+        Headers.BATCH_SIZE: str(generated.batch_size),
     }
     if switch.active is not None:
         headers[Headers.ADAPTER_COMMIT] = switch.active.commit

@@ -49,7 +49,8 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,13 @@ class HubFetcher:
         self._restricted: dict[str, bool] = {}  # repo -> gated or private, as last listed
         self._files: dict[AdapterKey, WeightFile] = {}
         self._used: dict[AdapterKey, float] = {}  # our own record: atime is often off (noatime)
+        # Several threads call in (the device thread, prefetch's I/O threads: worker/prefetch.py):
+        # _lock guards the memories above, _trim_lock makes disk trims one at a time, and a repo
+        # with a download in progress is never trimmed (another thread is writing its blob).
         self._lock = threading.Lock()
+        self._trim_lock = threading.Lock()
+        self._downloading: dict[str, int] = {}  # repo -> downloads in progress
+        self._gates: dict[Hashable, tuple[threading.Lock, int]] = {}  # see _one_at_a_time
 
     def resolve(self, ref: AdapterRef, token: str | None) -> AdapterKey:
         """The (repo, commit) key of ``ref`` once ``token`` may use it (:meth:`authorize`);
@@ -148,23 +155,37 @@ class HubFetcher:
     def _commit_of(self, ref: AdapterRef, token: str | None) -> AdapterKey:
         if COMMIT.fullmatch(ref.revision):
             return AdapterKey(ref.repo_id, ref.revision)
-        now = self._clock()
         memo_key = (ref.repo_id, ref.revision, token_digest(token))
+        memo = self._branch_memo(memo_key)
+        if memo is not None and memo[1]:
+            return AdapterKey(ref.repo_id, memo[0])
+        with self._one_at_a_time(memo_key):  # another thread may have just resolved it
+            memo = self._branch_memo(memo_key)
+            if memo is not None and memo[1]:
+                return AdapterKey(ref.repo_id, memo[0])
+            now = self._clock()
+            try:
+                weight = self._list(ref.repo_id, ref.revision, token)
+            except UpstreamFailed:
+                if memo is None:
+                    raise
+                # Stale beats failing: the commit was right a moment ago and its weights are
+                # cached.
+                log.warning(
+                    "Hub unreachable; %s@%s stays at %s", ref.repo_id, ref.revision, memo[0]
+                )
+                return AdapterKey(ref.repo_id, memo[0])
+            with self._lock:
+                self._branches.put(memo_key, weight.key.commit, now)
+        return weight.key
+
+    def _branch_memo(self, memo_key: Hashable) -> tuple[str, bool] | None:
+        """The remembered commit of a (repo, revision, token digest) and whether it is fresh."""
         with self._lock:
             memo = self._branches.get(memo_key)
-        if memo and now - memo[1] < self.branch_ttl_s:
-            return AdapterKey(ref.repo_id, memo[0])
-        try:
-            weight = self._list(ref.repo_id, ref.revision, token)
-        except UpstreamFailed:
-            if memo is None:
-                raise
-            # Stale beats failing: the commit was right a moment ago and its weights are cached.
-            log.warning("Hub unreachable; %s@%s stays at %s", ref.repo_id, ref.revision, memo[0])
-            return AdapterKey(ref.repo_id, memo[0])
-        with self._lock:
-            self._branches.put(memo_key, weight.key.commit, now)
-        return weight.key
+        if memo is None:
+            return None
+        return memo[0], self._clock() - memo[1] < self.branch_ttl_s
 
     def authorize(self, repo_id: str, token: str | None) -> None:
         """Return when ``token`` (else the worker's own) may read ``repo_id``, or raise 401
@@ -180,16 +201,43 @@ class HubFetcher:
                 f"adapter {repo_id} is gated or private: send a Hub token that can read it "
                 "(Authorization: Bearer)"
             )
-        grant, now = (repo_id, token_digest(effective)), self._clock()
+        grant = (repo_id, token_digest(effective))
+        if self._granted(grant):
+            return
+        with self._one_at_a_time(grant):  # a second thread asking the same waits for the first
+            if self._granted(grant):
+                return
+            now = self._clock()
+            with hub_errors(f"adapter {repo_id}", effective):
+                HfApi(token=effective).auth_check(repo_id, token=effective)
+            with self._lock:
+                self._grants.put(grant, "", now)
+
+    def _granted(self, grant: Hashable) -> bool:
         with self._lock:
             known = self._grants.get(grant)
-            if known is not None and now - known[1] < self.access_ttl_s:
+            if known is not None and self._clock() - known[1] < self.access_ttl_s:
                 self._grants.move_to_end(grant)
-                return
-        with hub_errors(f"adapter {repo_id}", effective):
-            HfApi(token=effective).auth_check(repo_id, token=effective)
+                return True
+        return False
+
+    @contextmanager
+    def _one_at_a_time(self, what: Hashable) -> Iterator[None]:
+        """Hold the lock of ``what`` (made on first use, dropped when nobody holds it), so the
+        device thread and prefetch's threads ask the Hub the same question once, not twice."""
         with self._lock:
-            self._grants.put(grant, "", now)
+            gate, users = self._gates.get(what, (threading.Lock(), 0))
+            self._gates[what] = (gate, users + 1)
+        try:
+            with gate:
+                yield
+        finally:
+            with self._lock:
+                gate, users = self._gates[what]
+                if users == 1:
+                    del self._gates[what]
+                else:
+                    self._gates[what] = (gate, users - 1)
 
     def weight_file(self, key: AdapterKey, token: str | None) -> WeightFile:
         """The file to load for ``key`` (422 for pickle-only/ambiguous repos, 413 too big)."""
@@ -248,7 +296,11 @@ class HubFetcher:
         if progress_log is not None:
             bars["tqdm_class"] = counting_bars(_sink(progress_log))
         what = f"adapter {weight.key}"
-        with hub_errors(what, token), disk_errors(what, self.cache_dir, weight.key.repo_id):
+        with (
+            self._download_of(weight.key.repo_id),
+            hub_errors(what, token),
+            disk_errors(what, self.cache_dir, weight.key.repo_id),
+        ):
             for attempt in range(2):  # hf_hub_download trusts a cached blob: drop a short one
                 path = Path(
                     hf_hub_download(
@@ -265,23 +317,43 @@ class HubFetcher:
         if progress_log is not None:
             log.info("%s", progress_log.finished())
         self._check_size(weight, path.stat().st_size)
-        self._used[weight.key] = time.time()
+        with self._lock:
+            self._used[weight.key] = time.time()
         return path
 
+    @contextmanager
+    def _download_of(self, repo_id: str) -> Iterator[None]:
+        """Mark ``repo_id`` as downloading (protected from :meth:`trim_disk`) while it runs."""
+        with self._lock:
+            self._downloading[repo_id] = self._downloading.get(repo_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._downloading[repo_id] -= 1
+                if not self._downloading[repo_id]:
+                    del self._downloading[repo_id]
+
     def trim_disk(self, capacity_bytes: int, protected: frozenset[str]) -> list[AdapterKey]:
-        """Delete least recently used adapter commits from the HF cache beyond the budget."""
-        info = scan_cache_dir(self.cache_dir)
-        entries = []
-        for repo in info.repos:
-            for rev in repo.revisions:
-                key = AdapterKey(repo.repo_id, rev.commit_hash)
-                last = max(self._used.get(key, 0.0), repo.last_accessed)
-                entries.append(DiskEntry(key, rev.size_on_disk, last))
-        evict = disk_evictions(entries, capacity_bytes, protected)
-        if evict:
-            info.delete_revisions(*(e.key.commit for e in evict)).execute()
-            for entry in evict:
-                self._used.pop(entry.key, None)
+        """Delete least recently used adapter commits from the HF cache beyond the budget
+        (never those of ``protected`` repos, nor of repos another thread is downloading)."""
+        with self._trim_lock:
+            info = scan_cache_dir(self.cache_dir)
+            with self._lock:
+                used = dict(self._used)
+                protected = protected | frozenset(self._downloading)
+            entries = []
+            for repo in info.repos:
+                for rev in repo.revisions:
+                    key = AdapterKey(repo.repo_id, rev.commit_hash)
+                    last = max(used.get(key, 0.0), repo.last_accessed)
+                    entries.append(DiskEntry(key, rev.size_on_disk, last))
+            evict = disk_evictions(entries, capacity_bytes, protected)
+            if evict:
+                info.delete_revisions(*(e.key.commit for e in evict)).execute()
+                with self._lock:
+                    for entry in evict:
+                        self._used.pop(entry.key, None)
         return [e.key for e in evict]
 
     def snapshot(

@@ -15,6 +15,7 @@ PREFIX = "loraplex_worker_"
 # Switches span 50 µs (already active) to tens of seconds (Hub download of a big adapter).
 SWITCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
 class WorkerMetrics:
@@ -39,6 +40,13 @@ class WorkerMetrics:
             f"{PREFIX}inference_seconds",
             "Pipeline time per generation (after the switch)",
             buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}batch_size",
+            "Requests the device took from the queue together, per run (one pipeline call "
+            "unless their tokens resolved the adapter to different commits; MAX_BATCH)",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.requests = Counter(
@@ -73,6 +81,40 @@ class WorkerMetrics:
             f"{PREFIX}host_adapter_bytes", "Bytes of the host-RAM tier", registry=r
         )
         self.ready = Gauge(f"{PREFIX}ready", "1 once the base is warm", registry=r)
+        # Prefetch (worker/prefetch.py). The device time a switch costs per request, prefetch
+        # wait included, is adapter_switch_seconds (a prefetched adapter switches as tier host).
+        self.prefetch_switches = Counter(
+            f"{PREFIX}prefetch_switches",
+            "Device switches to an adapter not already active, by what prefetch did: hit "
+            "(loaded before the job got the device), wait (the device waited for it), miss "
+            "(the device loaded it itself); switches to adapters cached anyway count nothing",
+            ["outcome"],
+            registry=r,
+        )
+        self.prefetch_loads = Counter(
+            f"{PREFIX}prefetch_loads",
+            "Prefetches by result: admitted, failed (its jobs load it on the device), dropped "
+            "(no job wanted it before it started), unwanted (downloaded, not converted), "
+            "skipped (over the bounds), slow (takes the slow tier: left on disk)",
+            ["result"],
+            registry=r,
+        )
+        self.prefetch_downloading_bytes = Gauge(
+            f"{PREFIX}prefetch_downloading_bytes",
+            "Bytes of the adapter files being prefetched now (downloading or converting)",
+            registry=r,
+        )
+        # Fused serving (worker/merge.py): the pristine copy's memory and how often it fused.
+        self.merge_pristine_bytes = Gauge(
+            f"{PREFIX}merge_pristine_bytes",
+            "Bytes of the pristine copies of fused weights (what an unfuse restores from)",
+            registry=r,
+        )
+        self.merge_fuses = Counter(
+            f"{PREFIX}merge_fuses", "Adapters folded into the base weights", registry=r
+        )
+        for outcome in ("hit", "wait", "miss"):  # zero series (worker/prefetch.py's events)
+            self.prefetch_switches.labels(outcome=outcome)
         info = Gauge(f"{PREFIX}base_model_info", "Base model served", ["base_model"], registry=r)
         info.labels(base_model=base_model).set(1)
         for tier in SwitchTier:

@@ -2,8 +2,9 @@
 
 :class:`Engine` is not thread-safe by design: the queue (``queue.py``) calls
 :meth:`Engine.generate` from ONE executor thread per device. Only :meth:`Engine.snapshot`
-(cache contents for ``/v1/state`` and metrics) is called from other threads; it takes the lock
-that guards the cache structures.
+(cache contents for ``/v1/state`` and metrics) and prefetch's half of a load (``fetch_file``,
+``convert_file``, ``needs_load``, ``admit_host``; ``worker/prefetch.py``) are called from other
+threads; they take the lock that guards the cache structures where they touch them.
 
 Switch order (see ``adapters.py`` for the cache policy): active slot → resident → host → disk
 (HF cache, then convert) → Hub (download, then convert). Adapters that do not fit the slot use
@@ -27,28 +28,37 @@ diffusers' model offload hooks, the one thing the skipped ``maybe_free_model_hoo
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import DiffusionPipeline
-from loraplex.worker.adapters import AdapterCache, AdapterKey
-from loraplex.worker.convert import convert
+from loraplex.worker.adapters import AdapterCache, AdapterKey, Hit
+from loraplex.worker.batching import BatchItem, BatchKey, CallDefaults, batch_key
+from loraplex.worker.convert import Converted, convert
 from loraplex.worker.families import (
     call_parameters,
     check_servable,
-    encode,
     lora_components,
     native_size,
 )
 from loraplex.worker.fetch import HubFetcher
+from loraplex.worker.generation import (
+    Generated,
+    PipeRun,
+    call_pipeline,
+    cancelled,
+    generate_batch,
+)
+from loraplex.worker.merge import MergeCosts, Merger, measure_costs, slot_modules
+from loraplex.worker.prefetch import Settled
 from loraplex.worker.progress import LoadProgress
-from loraplex.worker.queue import Cancelled, CancelToken
+from loraplex.worker.queue import CancelToken
 from loraplex.worker.settings import WorkerSettings
 from loraplex.worker.slot import ATTENTION_TARGETS, LoraSlot, PackedAdapter, SlotLayout
 from loraplex.worker.slow_tier import SlowTier
@@ -56,10 +66,12 @@ from loraplex.worker.slow_tier import SlowTier
 from loraplex.shared.contract import (
     AdapterRef,
     GenerateRequest,
-    Limits,
     SwitchTier,
     check_pixel_budget,
 )
+
+if TYPE_CHECKING:
+    from loraplex.worker.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 WARMUP_PROMPT = "warm-up"
@@ -71,15 +83,6 @@ class Switch:
     seconds: float
     active: AdapterKey | None
     slow_reason: str | None = None  # why a slow-tier adapter does not fit the slot
-
-
-@dataclass(frozen=True)
-class Generated:
-    image: bytes
-    media_type: str
-    switch: Switch
-    compute_seconds: float
-    seed: int
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ class Engine:
         self._call_parameters = call_parameters(pipe)
         self.slot = self._install_slot(settings)
         self.layout = self.slot.layout
+        # Fused serving (worker/merge.py): restored before anything else becomes active.
+        modules = slot_modules(self.components, self.layout)
+        self.merger = Merger(self.slot, modules, pristine=settings.merge_pristine)
+        self.merge_costs: MergeCosts | None = None  # measured by warm_up when MERGE=auto
         if settings.compile:
             # In place (nn.Module.compile): the pipeline keeps calling the same object. The
             # slot's hooks are traced into the graph; see slot.py for why switches never
@@ -203,6 +210,8 @@ class Engine:
     def _nbytes(packed: PackedAdapter) -> int:
         return packed.nbytes
 
+    prefetcher: Prefetcher | None = None  # set by the app once built (worker/prefetch.py)
+
     def switch_to(
         self, ref: AdapterRef | None, token: str | None = None, *, spill: bool = False
     ) -> Switch:
@@ -215,13 +224,21 @@ class Engine:
         key = self.fetcher.resolve(ref, token)
         if key == self.active:
             return Switch(SwitchTier.ACTIVE, time.perf_counter() - started, key)
-        with self._lock:
-            hit = self.cache.lookup(key, self._nbytes)
+        lookup = partial(self._lookup, key)
+        # A prefetch in flight for the key is waited for, not downloaded again: then the switch
+        # counts under the tier the prefetch loaded from (see prefetch.Settled), else a host hit.
+        settled = self.prefetcher.settle(key, lookup) if self.prefetcher else Settled(lookup())
+        hit = settled.found
         if hit is not None:
             self._activate_slot(key, hit.value)
-            return Switch(hit.tier, time.perf_counter() - started, key)
+            tier = settled.waited_from if settled.waited_from is not None else hit.tier
+            return Switch(tier, time.perf_counter() - started, key)
         tier, reason = self._load_new(key, token, keep=not spill)
         return Switch(tier, time.perf_counter() - started, key, reason)
+
+    def _lookup(self, key: AdapterKey) -> Hit[PackedAdapter] | None:
+        with self._lock:
+            return self.cache.lookup(key, self._nbytes)
 
     def _load_new(
         self, key: AdapterKey, token: str | None, *, keep: bool = True
@@ -231,21 +248,8 @@ class Engine:
         if known_slow is not None:
             self._activate_slow(key, known_slow[0])
             return SwitchTier.SLOW, known_slow[1]
-        weight = self.fetcher.weight_file(key, token)
-        path = self.fetcher.cached_path(weight)
-        tier = SwitchTier.DISK
-        if path is None:
-            path, tier = self.fetcher.download(weight, token), SwitchTier.HUB
-            protected = frozenset({self.settings.base_model, key.repo_id})
-            self.fetcher.trim_disk(self.settings.disk_cache_bytes, protected)
-        converted = convert(
-            type(self.pipe),
-            path,
-            self.components,
-            self.layout,
-            dtype=self.dtype,
-            pin_memory=self.cuda,
-        )
+        path, tier = self.fetch_file(key, token)
+        converted = self.convert_file(path)
         if converted.packed is None:
             log.info("adapter %s takes the slow path: %s", key, converted.slow_reason)
             self._slow.paths[key] = (path, converted.slow_reason or "")
@@ -256,7 +260,45 @@ class Engine:
         self._activate_slot(key, value)
         return tier, None
 
+    # Download + convert: the half of a load that prefetch (worker/prefetch.py) also runs, on
+    # its I/O threads; thread-safe (the fetcher is; convert only reads the module tree).
+
+    def fetch_file(self, key: AdapterKey, token: str | None) -> tuple[Path, SwitchTier]:
+        """The adapter's local file: from the disk tier, else downloaded (then the disk trimmed)."""
+        weight = self.fetcher.weight_file(key, token)
+        path = self.fetcher.cached_path(weight)
+        if path is not None:
+            return path, SwitchTier.DISK
+        path = self.fetcher.download(weight, token)
+        protected = frozenset({self.settings.base_model, key.repo_id})
+        self.fetcher.trim_disk(self.settings.disk_cache_bytes, protected)
+        return path, SwitchTier.HUB
+
+    def convert_file(self, path: Path) -> Converted:
+        return convert(
+            type(self.pipe),
+            path,
+            self.components,
+            self.layout,
+            dtype=self.dtype,
+            pin_memory=self.cuda,
+        )
+
+    def needs_load(self, key: AdapterKey) -> bool:
+        """False when ``key`` is in memory (then touched: most recently used, so a prefetch
+        admitted for a later job does not evict it) or known to take the slow tier."""
+        with self._lock:
+            if self.cache.host.get(key) is not None or key in self.cache.resident:
+                return False
+        return key not in self._slow.paths
+
+    def admit_host(self, key: AdapterKey, packed: PackedAdapter, nbytes: int, keep: bool) -> None:
+        """Store a prefetched adapter in the host tier only (the device promotes it on use)."""
+        with self._lock:
+            self.cache.host.put(key, packed, nbytes, recent=keep)
+
     def _activate_slot(self, key: AdapterKey, value: PackedAdapter) -> None:
+        self.merger.restore()  # a fused adapter's delta leaves the weights first
         self._slow.unload()
         self.slot.load(value)
         if self.cuda:  # the copy is async: wait so switch_ms is the copy, not its launch
@@ -269,6 +311,7 @@ class Engine:
         self.active = key
 
     def _deactivate(self) -> None:
+        self.merger.restore()
         self.slot.deactivate()
         self._slow.unload()
         self.active = None
@@ -282,23 +325,42 @@ class Engine:
         cancel: CancelToken | None = None,
         *,
         spill: bool = False,
+        upcoming: int = 0,
     ) -> Generated:
-        """Switch to the request's adapter and generate (device thread only).
+        """Switch to the request's adapter and generate (device thread only): a batch of one.
+        ``upcoming``: how many jobs for the same adapter wait in the queue behind this one
+        (fused serving's ``auto`` weighs it, see :meth:`prepare_run`).
 
         Raises :class:`Cancelled` once ``cancel`` is set (see the module docstring)."""
-        if cancel is not None and (reason := cancel.check()) is not None:
-            raise Cancelled(reason, started=True, detail="before it started")
-        self.check_size(request)  # before the switch: a refused request downloads nothing
-        try:
-            switch = self.switch_to(request.adapter, token, spill=spill)
-        except BaseException:
-            self._deactivate()  # after any failed load the next request starts from the base
-            raise
-        started = time.perf_counter()
-        seed, images = self.run_pipe(request, output_type="pil", cancel=cancel)
-        compute = time.perf_counter() - started
-        media = request.output_format.media_type
-        return Generated(encode(images[0], request.output_format), media, switch, compute, seed)
+        item = BatchItem(request, token, cancel)
+        [outcome] = self.generate_batch([item], spill=spill, upcoming=upcoming)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def generate_batch(
+        self, items: Sequence[BatchItem], *, spill: bool = False, upcoming: int = 0
+    ) -> list[Generated | Exception]:
+        """Generate ``items``, each with its own token, seed and stop signal: one switch and
+        one pipeline call per (adapter commit, batch key); each item's outcome on its own
+        (:func:`~loraplex.worker.generation.generate_batch`, docs/batching.md)."""
+        return generate_batch(self, items, spill=spill, upcoming=upcoming)
+
+    def batch_key(self, request: GenerateRequest) -> BatchKey:
+        """What must be equal for two requests to share a pipeline call (batching.py)."""
+        native_w, native_h = native_size(self.pipe)
+        s = self.settings
+        defaults = CallDefaults(
+            s.width or native_w, s.height or native_h, s.num_inference_steps, s.guidance_scale
+        )
+        return batch_key(request, defaults)
+
+    def prepare_run(self, work_steps: int) -> None:
+        """Device thread, after the switch and before the pipeline call: ``work_steps`` is the
+        denoising steps of same-adapter work this run and the queue behind it hold. Fused
+        serving (``MERGE``, worker/merge.py) folds the active slot adapter into the weights here
+        when the setting says so; it stays fused until something else becomes active."""
+        self.merger.prepare(self.settings.merge, work_steps, self.merge_costs)
 
     def run_pipe(
         self, request: GenerateRequest, output_type: str, cancel: CancelToken | None = None
@@ -306,33 +368,27 @@ class Engine:
         """Run the pipeline as it is now (no switch); returns the seed used and the images.
 
         Raises :class:`Cancelled` after the first denoising step that finds ``cancel`` set."""
-        seed = request.seed if request.seed is not None else random.randrange(Limits.MAX_SEED)
-        settings = self.settings
-        guidance = request.guidance_scale
-        steps = request.num_inference_steps or settings.num_inference_steps
-        kwargs: dict[str, Any] = {
-            "prompt": request.prompt,
-            "width": request.width or settings.width,
-            "height": request.height or settings.height,
-            "num_inference_steps": steps,
-            "guidance_scale": settings.guidance_scale if guidance is None else guidance,
-            "generator": torch.Generator(device=self.device).manual_seed(seed),
-            "output_type": output_type,
-            "callback_on_step_end": None if cancel is None else _step_watch(cancel),
-        }
-        if request.negative_prompt is not None and "negative_prompt" in self._call_parameters:
-            kwargs["negative_prompt"] = request.negative_prompt
-        try:
-            result = self.pipe(**kwargs)
-        except _Interrupted:
-            pass  # raised again below, outside this block: no traceback pins the run's tensors
-        else:
-            return seed, result.images
-        assert cancel is not None  # only the step watch raises _Interrupted
-        reason = cancel.check()
-        assert reason is not None  # a token, once set, stays set
-        detail = f"stopped after {cancel.steps_done} of {steps} denoising steps"
-        raise Cancelled(reason, started=True, detail=detail)
+        run = self.call_pipeline([request], [cancel], output_type)
+        if run.images is None:
+            assert run.reasons[0] is not None  # only a set token stops the loop
+            raise cancelled(run, run.reasons[0])
+        return run.seeds[0], run.images
+
+    def call_pipeline(
+        self,
+        requests: Sequence[GenerateRequest],
+        cancels: Sequence[CancelToken | None],
+        output_type: str,
+    ) -> PipeRun:
+        return call_pipeline(
+            self.pipe,
+            requests,
+            cancels,
+            settings=self.settings,
+            call_parameters=self._call_parameters,
+            device=self.device,
+            output_type=output_type,
+        )
 
     def check_size(self, request: GenerateRequest) -> None:
         """Refuse (400) a request whose image, with missing sides filled as the pipeline
@@ -350,7 +406,8 @@ class Engine:
     def warm_up(self) -> None:
         """One small generation so kernels are loaded and memory allocated before /readyz;
         in compiled mode a second one with the (empty) slot on, so both graphs exist before
-        the first request."""
+        the first request. With ``MERGE=auto`` it then measures what fused serving weighs
+        (:func:`~loraplex.worker.merge.measure_costs`)."""
         request = GenerateRequest(
             prompt=WARMUP_PROMPT,
             num_inference_steps=self.settings.warmup_steps,
@@ -365,6 +422,18 @@ class Engine:
                 self.run_pipe(request, output_type="pil")
             finally:
                 self.slot.deactivate()
+        if self.settings.merge == "auto":
+            self.merge_costs = measure_costs(
+                self.slot,
+                self.merger,
+                lambda: self.run_pipe(request, output_type="latent"),
+                self.settings.warmup_steps,
+                sync=self._sync,
+            )
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
 
     def snapshot(self) -> CacheSnapshot:
         with self._lock:
@@ -377,21 +446,3 @@ class Engine:
                 host_bytes=self.cache.host.bytes_used,
                 free_slots=max(0, self.settings.max_adapter_slots - len(resident)),
             )
-
-
-class _Interrupted(Exception):
-    """Raised by the step callback to leave the pipeline's denoising loop at once."""
-
-
-def _step_watch(cancel: CancelToken) -> Callable[..., dict[str, Any]]:
-    """diffusers' ``callback_on_step_end``: count the step, raise once ``cancel`` is set."""
-
-    def on_step_end(
-        pipe: object, step: int, timestep: object, tensors: dict[str, Any]
-    ) -> dict[str, Any]:
-        cancel.steps_done = step + 1
-        if cancel.check() is not None:
-            raise _Interrupted
-        return {}  # replace no tensor: the pipeline keeps its own latents
-
-    return on_step_end

@@ -7,15 +7,22 @@
    unless taking it would overtake a job that has already been overtaken ``max_overtake``
    times; then take the head of the queue.
 3. Otherwise take the head (FIFO).
+4. Batching (:meth:`GroupingQueue.pop_batch`, ``max_batch`` > 1): then walk the jobs behind
+   the one taken, oldest first, and add each of the same group and the same (non-None) batch
+   key, until the batch has ``max_batch`` jobs. Adding one overtakes every job before it that
+   is not in the batch: each such job's counter goes up; when one of them is already at
+   ``max_overtake`` the walk stops (every later candidate would pass it too).
 
 So a run of same-adapter requests saves switches, and no request is ever overtaken by more
 than ``max_overtake`` later ones (each overtake increments a counter on every job passed over,
-and a job at the limit blocks further overtaking). ``max_overtake=0`` is strict FIFO.
-:meth:`GroupingQueue.expire` removes waiting jobs whose deadline has passed (never run).
+and a job at the limit blocks further overtaking; jobs of one batch run together, so they do
+not overtake each other). ``max_overtake=0`` is strict FIFO: a batch is then only consecutive
+jobs at the head. :meth:`GroupingQueue.expire` removes waiting jobs whose deadline has passed.
 
 :class:`DeviceExecutor` is the async shell: ``submit`` enqueues (raising QueueFull with
 Retry-After when at capacity) and waits; one loop task feeds a single worker thread, so the
-device runs one generation at a time.
+device runs one generation (one pipeline call, of up to ``max_batch`` jobs) at a time. Each job
+of a batch gets its own answer: the batch function returns one result or exception per job.
 
 Cancellation (:class:`CancelToken`, one per request): the client's disconnect and the
 request's deadline. While the job waits, ``submit`` polls both every ``DISCONNECT_POLL_S`` and
@@ -23,6 +30,9 @@ drops the job (:class:`Cancelled` with ``started=False``); the executor loop als
 jobs before it picks the next one. Once the job runs, ``submit`` keeps polling and sets the
 token; the run function checks it (the engine does at every denoising step, and raises
 :class:`Cancelled`), so a gone client or a passed deadline frees the device within one step.
+A job that shares its run with others (a batch) answers Cancelled (``started=True``) at once
+instead, and its batch goes on for the others (the engine stops the pipeline only when every
+job of the batch is cancelled); its result is discarded.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,7 +129,9 @@ class Job:
     """One queued request: its grouping key (adapter id or None) and what to run.
 
     ``cancel`` is its stop signal; its deadline lets :meth:`GroupingQueue.expire` drop the job
-    unstarted once nobody waits for the answer any more."""
+    unstarted once nobody waits for the answer any more. ``batch``: jobs of one group with
+    equal batch keys may share a run (None: never); ``batch_size``: how many did, once started.
+    """
 
     group: Hashable
     payload: Any
@@ -129,6 +141,8 @@ class Job:
     started: bool = False
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
     cancel: CancelToken | None = field(default=None, repr=False)
+    batch: Hashable = None
+    batch_size: int = 0
 
     @property
     def deadline(self) -> float | None:
@@ -158,21 +172,48 @@ class GroupingQueue:
 
     def pop(self, last_group: Hashable) -> Job | None:
         """The next job to run after one of ``last_group`` (see the module docstring)."""
+        batch = self.pop_batch(last_group, 1)
+        return batch[0] if batch else None
+
+    def pop_batch(self, last_group: Hashable, max_batch: int) -> list[Job]:
+        """The next jobs to run together after one of ``last_group``, oldest first: the job
+        :meth:`pop` would take and up to ``max_batch - 1`` more (module docstring, step 4)."""
         self._drop_cancelled()
         if not self._jobs:
-            return None
+            return []
+        jobs = list(self._jobs)
         chosen = 0
-        for i, job in enumerate(self._jobs):
+        for i, job in enumerate(jobs):
             if job.group == last_group:
-                passed = list(itertools.islice(self._jobs, i))
-                if all(p.overtaken < self.max_overtake for p in passed):
-                    for p in passed:
-                        p.overtaken += 1
+                if self._overtake(jobs[:i]):
                     chosen = i
                 break
-        job = self._jobs[chosen]
-        del self._jobs[chosen]
-        return job
+        first = jobs[chosen]
+        taken, passed = [first], jobs[:chosen]
+        for job in jobs[chosen + 1 :]:
+            if len(taken) >= max_batch or first.batch is None:
+                break
+            if job.group != first.group or job.batch != first.batch:
+                passed.append(job)
+            elif not self._overtake(passed):
+                break
+            else:
+                taken.append(job)
+        self._jobs = deque(j for j in jobs if all(j is not t for t in taken))
+        return taken
+
+    def _overtake(self, passed: list[Job]) -> bool:
+        """Count one overtake on each of ``passed``; False (nothing counted) when one of them
+        is at the bound already."""
+        if any(p.overtaken >= self.max_overtake for p in passed):
+            return False
+        for p in passed:
+            p.overtaken += 1
+        return True
+
+    def waiting(self, group: Hashable) -> int:
+        """Waiting jobs of ``group`` (the same-adapter work still queued)."""
+        return sum(1 for j in self._jobs if j.group == group and not j.cancelled)
 
     def cancel(self, job: Job) -> bool:
         """Drop a waiting job now (its client left); False when it already started."""
@@ -199,24 +240,38 @@ class GroupingQueue:
         self._jobs = kept
 
 
+# Device thread: (payloads, their tokens, same-group jobs still waiting) → one result or
+# exception instance per payload, in order; raising answers every job with that exception.
+RunBatch = Callable[[Sequence[Any], Sequence[CancelToken], int], Sequence[Any]]
+
+
 class DeviceExecutor:
-    """Runs jobs one at a time on a dedicated thread, fed from a :class:`GroupingQueue`.
+    """Runs jobs one run at a time on a dedicated thread, fed from a :class:`GroupingQueue`.
 
     ``run(payload, cancel)`` does one job on that thread; it should check ``cancel`` where it
-    can stop (and raise :class:`Cancelled`). ``clock`` must be the tokens' clock."""
+    can stop (and raise :class:`Cancelled`). Or, instead, ``run_batch`` (:data:`RunBatch`)
+    does up to ``max_batch`` jobs whose ``batch_key(payload)`` (computed at submit; None: never
+    batched) and group are equal. ``clock`` must be the tokens' clock."""
 
     def __init__(
         self,
-        run: Callable[[Any, CancelToken], Any],
+        run: Callable[[Any, CancelToken], Any] | None = None,
         *,
         capacity: int,
         max_overtake: int,
         retry_after_s: float,
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        run_batch: RunBatch | None = None,
+        max_batch: int = 1,
+        batch_key: Callable[[Any], Hashable] | None = None,
     ) -> None:
+        if (run is None) == (run_batch is None) or max_batch < 1:
+            raise ValueError("give exactly one of run and run_batch, and max_batch ≥ 1")
         self.queue = GroupingQueue(capacity, max_overtake)
-        self._run = run
+        self._run_batch = run_batch or _one_at_a_time(run)  # type: ignore[arg-type]
+        self.max_batch = max_batch if run_batch is not None else 1
+        self._batch_key = batch_key
         self._retry_after_s = retry_after_s
         self._on_change = on_change
         self._clock = clock
@@ -227,7 +282,8 @@ class DeviceExecutor:
         self._stopping = False
         self.in_flight = 0
         self.completed = 0
-        self.running: Job | None = None  # the job on the device now
+        self.running: Job | None = None  # the (first) job on the device now
+        self.running_batch: list[Job] = []  # every job of the run on the device now
 
     @property
     def depth(self) -> int:
@@ -264,6 +320,8 @@ class DeviceExecutor:
             raise Cancelled(reason, started=False, detail="before it was queued")
         loop = asyncio.get_running_loop()
         job = Job(group, payload, future=loop.create_future(), cancel=cancel)
+        if self._batch_key is not None:
+            job.batch = self._batch_key(payload)
         try:
             self.queue.push(job)
         except QueueFull as exc:
@@ -295,7 +353,11 @@ class DeviceExecutor:
             if reason is not None and self.queue.cancel(job):
                 self._on_change()
                 raise Cancelled(reason, started=False, detail="while it waited in the queue")
-            # Started: the run function sees the token at its next check and raises.
+            if reason is not None and job.batch_size > 1:  # the batch goes on for the others
+                future.add_done_callback(_discard)
+                detail = f"while it ran in a batch of {job.batch_size}; the others went on"
+                raise Cancelled(reason, started=True, detail=detail)
+            # Started alone: the run function sees the token at its next check and raises.
         return future.result()
 
     def _changed(self) -> None:
@@ -308,32 +370,54 @@ class DeviceExecutor:
             _settle(job, exc=Cancelled(CancelReason.DEADLINE, started=False, detail=detail))
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._stopping:
             self._expire()  # an expired job must not take the device from a live one
-            job = self.queue.pop(self._last_group)
+            batch = self.queue.pop_batch(self._last_group, self.max_batch)
             self._on_change()
-            if job is None:
+            if not batch:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            job.started = True
-            cancel = job.cancel or CancelToken(clock=self._clock)
-            self._last_group = job.group
-            self.in_flight = 1
-            self.running = job
+            for job in batch:
+                job.batch_size = len(batch)
+                job.started = True
+            self._last_group = batch[0].group
+            self.in_flight = len(batch)
+            self.running, self.running_batch = batch[0], batch
             try:
-                running = loop.run_in_executor(self._pool, self._run, job.payload, cancel)
-                result = await asyncio.shield(running)
-            except Exception as exc:  # noqa: BLE001 - handed to the request that waits for it
+                await self._run_on_device(batch, self.queue.waiting(batch[0].group))
+            finally:
+                self.running, self.running_batch = None, []
+                self.in_flight = 0
+                self.completed += len(batch)
+                self._on_change()
+
+    async def _run_on_device(self, batch: list[Job], upcoming: int) -> None:
+        """Run ``batch`` on the device thread and settle each job's future on its own."""
+        payloads = [job.payload for job in batch]
+        cancels = [job.cancel or CancelToken(clock=self._clock) for job in batch]
+        loop = asyncio.get_running_loop()
+        try:
+            running = loop.run_in_executor(self._pool, self._run_batch, payloads, cancels, upcoming)
+            results = list(await asyncio.shield(running))
+            if len(results) != len(batch):
+                raise RuntimeError(f"the run returned {len(results)} results for {len(batch)}")
+        except Exception as exc:  # noqa: BLE001 - handed to the requests that wait for it
+            for job in batch:
                 _settle(job, exc=exc)
+            return
+        for job, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                _settle(job, exc=result)
             else:
                 _settle(job, result=result)
-            finally:
-                self.running = None
-                self.in_flight = 0
-                self.completed += 1
-                self._on_change()
+
+
+def _one_at_a_time(run: Callable[[Any, CancelToken], Any]) -> RunBatch:
+    def run_batch(payloads: Sequence[Any], cancels: Sequence[CancelToken], _: int) -> list[Any]:
+        return [run(payloads[0], cancels[0])]
+
+    return run_batch
 
 
 def _discard(future: asyncio.Future[Any]) -> None:

@@ -117,6 +117,23 @@ class WorkerSettings(ComponentSettings):
         description="torch.compile backend when COMPILE is on (default inductor; 'eager' or "
         "'aot_eager' compile fast and are what the tests use).",
     )
+    # --- exact fused serving (worker/merge.py, docs/merge.md) ------------------------------
+    merge: Literal["never", "auto", "always"] = Field(
+        default="never",
+        description="Fold the active slot adapter into the weights (hooks off: a step costs "
+        "the base's) and restore them bit-exact from a pristine copy when something else "
+        "becomes active. never (default: no pristine copy, no start-up measurement); always: "
+        "once per switch; auto: when hook overhead per step × same-adapter steps queued "
+        "exceeds fuse + restore, both measured at warm-up. The pristine copy holds every "
+        "module ever fused: up to the denoiser's + text encoders' slot-module weights (~5 GB "
+        "for SDXL fp16 with SLOT_MODULES=all), see MERGE_PRISTINE.",
+    )
+    merge_pristine: Literal["host", "device"] = Field(
+        default="host",
+        description="Where MERGE keeps the pristine copy of fused weights: host (default; "
+        "pinned on CUDA: costs host RAM, a restore is one PCIe copy) or device (GPU memory, "
+        "restores at device bandwidth). On CPU both are host memory.",
+    )
     max_adapter_slots: int = Field(
         default=16,
         ge=0,
@@ -134,6 +151,37 @@ class WorkerSettings(ComponentSettings):
         ge=0,
         description="Host RAM (pinned on CUDA) for converted adapters, bytes (default 8 GiB). "
         "A host hit is one host→device copy; a miss reads and converts the file from disk.",
+    )
+    # --- prefetch: cold loads off the device thread (worker/prefetch.py, docs/prefetch.md) ---
+    prefetch: bool = Field(
+        default=True,
+        description="Resolve, download and convert a queued job's adapter on I/O threads as "
+        "soon as the job is accepted, so the device thread only copies it (a host hit) "
+        "instead of waiting for the Hub (default on). Off: the device thread loads in line.",
+    )
+    prefetch_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Prefetches downloading or converting at once (default 2: one download "
+        "usually fills the link; a second overlaps the other's conversion).",
+    )
+    prefetch_max_bytes_in_flight: int = Field(
+        default=1024 * MIB,
+        ge=0,
+        description="Bytes of adapter files being prefetched at once, by the size the Hub lists "
+        "(bytes, default 1 GiB: at least MAX_ADAPTER_BYTES, so any accepted adapter can be "
+        "prefetched). Bounds the disk and memory a burst of cold jobs takes; an adapter "
+        "bigger than this is loaded by the device as without prefetch; 0 turns prefetch off.",
+    )
+    prefetch_host_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Most of HOST_CACHE_BYTES that prefetched adapters not yet used (plus "
+        "those in flight) may hold (fraction, default 0.5), so prefetching for later jobs "
+        "cannot evict from the host tier what the jobs before them need. 0 turns prefetch "
+        "off.",
     )
     disk_cache_bytes: int = Field(
         default=50 * 1024 * MIB,
@@ -160,6 +208,21 @@ class WorkerSettings(ComponentSettings):
         description="How many later requests may run before a waiting one because they use the "
         "adapter already active (default 4). 0 = strict FIFO; higher saves more switches but "
         "adds tail latency.",
+    )
+    # --- batching (worker/batching.py, docs/batching.md) ----------------------------------
+    max_batch: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Most waiting requests with the same adapter and the same size, steps, "
+        "guidance and negative-prompt presence served by ONE pipeline call (requests, default "
+        "4; 1 turns batching off). Each keeps its own seed and image. Measured here "
+        "(bench/throughput/batching.py: tiny SD 64², 4 steps, 1 torch thread on 2 shared CPU "
+        "cores, vs one request per call): batch 2 1.1-1.25×, batch 4 1.05-1.38× (3 runs), "
+        "batch 8 no better than 4 — hence 4 on CPU. On a GPU: SDXL 1024² is compute-bound "
+        "(HF measured batch 8 +25 % on an A10G): 4 on 24 GB cards, 8 on 80 GB+ (H100/H200); "
+        "SD-1.5 512² or small images: 8-16. Memory bounds it (activations grow linearly with "
+        "the batch), and every image of a call arrives at its end.",
     )
     retry_after_seconds: float = Field(
         default=2.0,

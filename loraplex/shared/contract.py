@@ -62,6 +62,7 @@ class Headers:
     # opaque id, and only with the router's debug_replica_header setting.
     WORKER: Final = "x-loraplex-worker"
     ADAPTER_COMMIT: Final = "x-loraplex-adapter-commit"
+    BATCH_SIZE: Final = "x-loraplex-batch-size"  # requests that shared this one's pipeline call
     # Router → worker: milliseconds left of the request's deadline when it was sent (a relative
     # budget: hosts share no clock). The worker drops or stops the job when it runs out (504).
     DEADLINE_MS: Final = "x-loraplex-deadline-ms"

@@ -1,6 +1,7 @@
 """bench/gpu.py end to end on CPU: ``--tiny`` builds an SDXL-shaped UNet and a Flux-shaped
-transformer from their configs, installs the real slot, runs diffusers' own seed cycle (peft) and
-``torch.compile`` over the static slot, and prints one JSON line with every figure; without CUDA
+transformer from their configs, installs the real slot, fuses and restores through the worker's
+``Merger`` (100 cycles), runs diffusers' own seed cycle (peft), batch 1 vs 4 and ``torch.compile``
+over the static slot, and prints one JSON line with every figure; without CUDA
 and without ``--tiny`` it prints a ``skipped`` line (``make bench`` runs it with no arguments).
 
 Nothing is mocked. To keep this test short, the compile section runs for the tiny Flux only, with
@@ -36,7 +37,12 @@ FIGURES = (
     "fused_overhead_pct",
     "fuse_ms",
     "restore_ms",
+    "first_fuse_ms",
+    "base_step_ms",
+    "hooked_step_ms",
+    "fused_step_ms",
 )
+BATCH = ("batch1_images_per_s", "batch4_images_per_s", "batch_speedup")
 COMPILED = ("compile_s", "eager_gen_ms", "compiled_gen_ms", "static_switch_ms")
 
 
@@ -73,13 +79,16 @@ def test_tiny_run_reports_every_figure(tmp_path: Path) -> None:
         # a rank-32 all-module adapter fills the rank-32 slot (plus its fp32 scales)
         assert figures["adapter_mb"] <= figures["slot_mb"] < figures["adapter_mb"] * 1.01
         assert figures["seed_over_switch"] > 10  # diffusers' cycle vs one slot switch
-        assert figures["restore_bit_exact"] is True
+        assert figures["restore_bit_exact"] is True  # after 100 cycles through worker/merge.py
+        assert figures["fuse_cycles"] == 100 and figures["pristine_mb"] > 0
         assert figures["fused_vs_hooked_max_abs"] < 1e-4  # fp32: fused == hooked
         assert figures["seed_base_bit_exact"] in (True, False)  # computed, not assumed
     assert result["sdxl"]["slot_modules"]["conv2d"] > 0  # plain convs are in the slot
     assert result["sdxl"]["skipped"] == {"compile": "not in --compile-models"}
+    for key in BATCH:
+        assert result["sdxl"][key] > 0, key
     flux = result["flux"]
-    assert "skipped" not in flux
+    assert flux["skipped"] == {"batch": "UNet only"}
     assert flux["compile_backend"] == "eager"
     assert flux["graphs"] == 2  # slot on, base
     assert flux["recompiles_across_switches"] == 0

@@ -137,6 +137,7 @@ def test_service_is_headless_and_selects_the_workers() -> None:
         ({"worker": {"dtype": "int4"}}, "spec.worker.dtype"),
         ({"worker": {"hostCacheSize": "lots"}}, "spec.worker.hostCacheSize"),
         ({"replicas": -1}, "spec.replicas"),
+        ({"merge": "sometimes"}, "spec.merge"),
     ],
 )
 def test_invalid_pools_say_what_to_fix(spec: dict[str, Any], message: str) -> None:
@@ -154,6 +155,14 @@ def test_user_env_comes_last_and_hf_token_from_secret() -> None:
     assert env[-1] == {"name": "X", "value": "1"}
     token = next(e for e in env if e["name"] == "HF_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token", "optional": True}
+
+
+def test_spec_merge_reaches_the_worker_and_unset_leaves_its_default() -> None:
+    names = {e["name"] for e in res.worker_env(res.parse_pool(body(), "img"))}
+    assert "LORAPLEX_WORKER_MERGE" not in names
+    for mode in res.MERGE_MODES:
+        env = res.worker_env(res.parse_pool(body(merge=mode), "img"))
+        assert {"name": "LORAPLEX_WORKER_MERGE", "value": mode} in env
 
 
 def test_drifted_ignores_server_defaults_but_sees_changes() -> None:
@@ -242,5 +251,6 @@ def test_crd_matches_what_the_operator_reads() -> None:
         "env",
     } <= set(worker)
     assert set(worker["dtype"]["enum"]) == set(res.DTYPES)
+    assert set(spec["merge"]["enum"]) == set(res.MERGE_MODES) and "default" not in spec["merge"]
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert crd["spec"]["names"]["shortNames"] == ["bmp"]

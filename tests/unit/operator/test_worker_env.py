@@ -41,6 +41,7 @@ def _operator_env() -> dict[str, str]:
         "spec": {
             "baseModel": "stabilityai/stable-diffusion-xl-base-1.0",
             "revision": "v1.0",
+            "merge": "auto",  # spec.merge: fused serving (docs/merge.md)
             "worker": EVERY_OPTION,
         },
     }
@@ -67,7 +68,7 @@ def test_every_worker_variable_names_a_worker_setting() -> None:
     unknown = sorted(set(written) - set(by_name))
     assert not unknown, f"the operator writes variables the worker ignores: {unknown}"
     # The pool set every option, so the conditional variables must be among those checked.
-    assert {"base_model", "resident_cache_bytes", "host_cache_bytes", "secret"} <= {
+    assert {"base_model", "resident_cache_bytes", "host_cache_bytes", "secret", "merge"} <= {
         by_name[name] for name in written
     }
 
