@@ -15,6 +15,9 @@ and one single block so it fits this machine. Adapters are written by the demo w
   ``unfuse_lora`` + ``unload_lora_weights``; ``seed_over_switch`` and ``switch_over_memcpy``;
 * ``adapter_mb`` (the packed adapter) and ``slot_mb`` (the whole slot).
 
+The formats are written at the slot's rank (32), where a switch's copies merge into long runs;
+one more row writes the attention adapter at rank 16, the worst case (one copy per A_r / Bt_r).
+
 Then compiled mode on the tiny demo SD base: ``torch.compile`` of the UNet (``--backend``,
 default inductor), the first generation (compile included), later generations, and the graphs
 dynamo captured across switches among adapters of different module sets and a base request
@@ -209,6 +212,12 @@ def main() -> None:
             pipe = pipes.setdefault(build, build())
             result[label] = figures = measure_format(pipe, specs[repo_id], root, reps)
             print(f"{label:<44} {figures}", file=sys.stderr)
+        # Below the slot's rank A_r and Bt_r are not back to back in the slot: the copy runs
+        # cannot merge, so this is the switch's worst case for the same bytes.
+        low = "sd15 attention rank 16 in the rank-32 slot (diffusers)"
+        figures = measure_format(pipes[sd15_shaped], specs[demo.LORA_R4], root, reps, rank=16)
+        result[low] = figures
+        print(f"{low:<44} {figures}", file=sys.stderr)
         backend = args.backend or ("eager" if args.quick else "inductor")
         result["compiled"] = measure_compiled(root / "demo", backend)
     fast = [v for k, v in result.items() if k != "compiled"]

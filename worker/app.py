@@ -41,7 +41,6 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from loraplex.worker.auth import RouterOnly
 from loraplex.worker.batching import BatchItem
-from loraplex.worker.convert import slow_kind
 from loraplex.worker.fetch import scan_hf_cache
 from loraplex.worker.load_costs import DiskListing, LoadCosts
 from loraplex.worker.metrics import WorkerMetrics
@@ -146,7 +145,7 @@ class WorkerRuntime:
         tier = generated.switch.tier.value
         self.metrics.switch_seconds.labels(tier=tier).observe(generated.switch.seconds)
         if generated.switch.slow_reason is not None:
-            self.metrics.slow_switches.labels(reason=slow_kind(generated.switch.slow_reason)).inc()
+            self.metrics.slow_switches.labels(reason=generated.switch.slow_reason.kind).inc()
         self.metrics.inference_seconds.observe(generated.compute_seconds)
         self.load_costs.observe_switch(tier, generated.switch.seconds)
         # Per image: what the router's placement prices a queued request at.
@@ -429,5 +428,5 @@ def _image_response(outcome: Outcome, runtime: WorkerRuntime) -> Response:
     if switch.active is not None:
         headers[Headers.ADAPTER_COMMIT] = switch.active.commit
     if switch.slow_reason:
-        headers[Headers.SLOW_REASON] = switch.slow_reason.encode("ascii", "replace").decode()
+        headers[Headers.SLOW_REASON] = switch.slow_reason.text.encode("ascii", "replace").decode()
     return Response(generated.image, media_type=generated.media_type, headers=headers)

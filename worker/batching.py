@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loraplex.worker.queue import CancelToken
+from loraplex.worker.cancel import CancelToken
 
 from loraplex.shared.contract import AdapterRef, GenerateRequest
 

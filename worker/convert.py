@@ -22,6 +22,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from loraplex.worker.lora_formats import (
@@ -48,26 +49,23 @@ class Converted:
     """An adapter in the slot's compact form (``packed``), or why it takes the slow tier."""
 
     packed: PackedAdapter | None
-    slow_reason: str | None = None
+    slow_reason: SlowReason | None = None
 
     @property
     def nbytes(self) -> int:
         return 0 if self.packed is None else self.packed.nbytes
 
 
-SLOW_KINDS: tuple[tuple[str, str], ...] = (
-    ("DoRA", "dora"),
-    ("LoRA biases", "lora_bias"),
-    ("LoKr", "lokr"),
-    ("Flux Control", "control_lora"),
-    ("outside the slot", "outside_slot"),
-    ("above the slot rank", "rank"),
-)
+class SlowReason(NamedTuple):
+    """Why an adapter takes the slow tier: ``kind`` is a bounded label (the metric's
+    ``reason``: dora, lora_bias, other_weights, control_lora, outside_slot, rank), ``text`` the
+    sentence for the response header and the log."""
 
+    kind: str
+    text: str
 
-def slow_kind(reason: str) -> str:
-    """A bounded label for a slow reason (the metric's ``reason``)."""
-    return next((kind for marker, kind in SLOW_KINDS if marker in reason), "other")
+    def __str__(self) -> str:
+        return self.text
 
 
 def check_safetensors(path: Path) -> list[str]:
@@ -190,7 +188,7 @@ def _slow_reason(
     parts: list[ComponentLora],
     modules: Mapping[str, Mapping[str, nn.Module]],
     layout: SlotLayout,
-) -> str | None:
+) -> SlowReason | None:
     """Why this adapter cannot go into the slot (None: it fits); 422 for foreign shapes."""
     for part in parts:
         if part.other_keys:
@@ -199,27 +197,32 @@ def _slow_reason(
         for name, (a, b) in part.pairs.items():
             widens = _check_shape(pipeline_cls, part.component, name, a, b, present.get(name))
             if widens:
-                return f"it widens {part.component}.{name} (a Flux Control LoRA)"
+                text = f"it widens {part.component}.{name} (a Flux Control LoRA)"
+                return SlowReason("control_lora", text)
     for part in parts:
         for name, (a, _) in part.pairs.items():
             full = f"{part.component}.{name}"
             if full not in layout.index:
-                return (
+                text = (
                     f"it targets {full}, outside the slot (see LORAPLEX_SLOT_MODULES and "
                     "LORAPLEX_SLOT_TEXT_ENCODERS)"
                 )
+                return SlowReason("outside_slot", text)
             if a.shape[0] > layout.rank:
-                return f"its rank {a.shape[0]} is above the slot rank {layout.rank}"
+                text = f"its rank {a.shape[0]} is above the slot rank {layout.rank}"
+                return SlowReason("rank", text)
     return None
 
 
-def _other_weights_reason(part: ComponentLora) -> str:
+def _other_weights_reason(part: ComponentLora) -> SlowReason:
     key = part.other_keys[0]
     if "use_dora" in part.other_keys or any("magnitude" in k for k in part.other_keys):
-        return "it is DoRA: its magnitude vector rescales whole weights, not an added delta"
+        text = "it is DoRA: its magnitude vector rescales whole weights, not an added delta"
+        return SlowReason("dora", text)
     if key.endswith(".bias"):
-        return f"it has LoRA biases ({part.component}.{key})"
-    return f"it uses weights other than plain lora_A/lora_B ({part.component}.{key})"
+        return SlowReason("lora_bias", f"it has LoRA biases ({part.component}.{key})")
+    text = f"it uses weights other than plain lora_A/lora_B ({part.component}.{key})"
+    return SlowReason("other_weights", text)
 
 
 def _check_shape(

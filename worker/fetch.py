@@ -70,6 +70,7 @@ from loraplex.worker.adapters import AdapterKey, DiskEntry, choose_weight_file, 
 from loraplex.worker.cache_files import disk_errors, drop_cached, incomplete_reason
 from loraplex.worker.hub_bars import BarSink, counting_bars
 from loraplex.worker.hub_errors import hub_errors
+from loraplex.worker.keyed_locks import KeyedLocks
 from loraplex.worker.load_costs import Scan
 from loraplex.worker.progress import LOGGED_DOWNLOAD_BYTES, DownloadLog, LoadProgress
 
@@ -143,7 +144,7 @@ class HubFetcher:
         self._lock = threading.Lock()
         self._trim_lock = threading.Lock()
         self._downloading: dict[str, int] = {}  # repo -> downloads in progress
-        self._gates: dict[Hashable, tuple[threading.Lock, int]] = {}  # see _one_at_a_time
+        self._gates = KeyedLocks()  # one Hub question at a time per (repo, revision|grant)
 
     def resolve(self, ref: AdapterRef, token: str | None) -> AdapterKey:
         """The (repo, commit) key of ``ref`` once ``token`` may use it (:meth:`authorize`);
@@ -159,7 +160,7 @@ class HubFetcher:
         memo = self._branch_memo(memo_key)
         if memo is not None and memo[1]:
             return AdapterKey(ref.repo_id, memo[0])
-        with self._one_at_a_time(memo_key):  # another thread may have just resolved it
+        with self._gates.hold(memo_key):  # another thread may have just resolved it
             memo = self._branch_memo(memo_key)
             if memo is not None and memo[1]:
                 return AdapterKey(ref.repo_id, memo[0])
@@ -204,7 +205,7 @@ class HubFetcher:
         grant = (repo_id, token_digest(effective))
         if self._granted(grant):
             return
-        with self._one_at_a_time(grant):  # a second thread asking the same waits for the first
+        with self._gates.hold(grant):  # a second thread asking the same waits for the first
             if self._granted(grant):
                 return
             now = self._clock()
@@ -220,24 +221,6 @@ class HubFetcher:
                 self._grants.move_to_end(grant)
                 return True
         return False
-
-    @contextmanager
-    def _one_at_a_time(self, what: Hashable) -> Iterator[None]:
-        """Hold the lock of ``what`` (made on first use, dropped when nobody holds it), so the
-        device thread and prefetch's threads ask the Hub the same question once, not twice."""
-        with self._lock:
-            gate, users = self._gates.get(what, (threading.Lock(), 0))
-            self._gates[what] = (gate, users + 1)
-        try:
-            with gate:
-                yield
-        finally:
-            with self._lock:
-                gate, users = self._gates[what]
-                if users == 1:
-                    del self._gates[what]
-                else:
-                    self._gates[what] = (gate, users - 1)
 
     def weight_file(self, key: AdapterKey, token: str | None) -> WeightFile:
         """The file to load for ``key`` (422 for pickle-only/ambiguous repos, 413 too big)."""

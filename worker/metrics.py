@@ -32,7 +32,7 @@ class WorkerMetrics:
         self.slow_switches = Counter(
             f"{PREFIX}slow_tier_switches",
             "Switches that took the slow tier (diffusers load/unload), by why the adapter does "
-            "not fit the slot: dora, lora_bias, lokr, control_lora, outside_slot, rank, other",
+            "not fit the slot: dora, lora_bias, other_weights, control_lora, outside_slot, rank",
             ["reason"],
             registry=r,
         )

@@ -40,7 +40,7 @@ import torch
 from diffusers import DiffusionPipeline
 from loraplex.worker.adapters import AdapterCache, AdapterKey, Hit
 from loraplex.worker.batching import BatchItem, BatchKey, CallDefaults, batch_key
-from loraplex.worker.convert import Converted, convert
+from loraplex.worker.convert import Converted, SlowReason, convert
 from loraplex.worker.families import (
     call_parameters,
     check_servable,
@@ -82,7 +82,7 @@ class Switch:
     tier: SwitchTier
     seconds: float
     active: AdapterKey | None
-    slow_reason: str | None = None  # why a slow-tier adapter does not fit the slot
+    slow_reason: SlowReason | None = None  # why a slow-tier adapter does not fit the slot
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ class Engine:
 
     def _load_new(
         self, key: AdapterKey, token: str | None, *, keep: bool = True
-    ) -> tuple[SwitchTier, str | None]:
+    ) -> tuple[SwitchTier, SlowReason | None]:
         self._deactivate()  # a slow adapter's peft layers must not be in the model we convert for
         known_slow = self._slow.known(key)
         if known_slow is not None:
@@ -252,7 +252,7 @@ class Engine:
         converted = self.convert_file(path)
         if converted.packed is None:
             log.info("adapter %s takes the slow path: %s", key, converted.slow_reason)
-            self._slow.paths[key] = (path, converted.slow_reason or "")
+            self._slow.paths[key] = (path, converted.slow_reason)
             self._activate_slow(key, path)
             return SwitchTier.SLOW, converted.slow_reason
         with self._lock:

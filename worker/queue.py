@@ -38,10 +38,8 @@ job of the batch is cancelled); its result is discarded.
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -49,79 +47,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from loraplex.worker.cancel import DEADLINE_GRACE_S, Cancelled, CancelReason, CancelToken
+
 from loraplex.shared.errors import QueueFull, WarmingUp
+
+# Re-exported: callers have imported the cancellation types from here since before cancel.py.
+__all__ = [
+    "DEADLINE_GRACE_S",
+    "CancelReason",
+    "CancelToken",
+    "Cancelled",
+    "DeviceExecutor",
+    "GroupingQueue",
+    "Job",
+]
 
 log = logging.getLogger(__name__)
 # How often a waiting request checks its client and deadline: the worst added latency of a
 # drop or of a stop signal; an is_disconnected() poll costs a few µs.
 DISCONNECT_POLL_S = 0.1
-# A disconnect this close to the request's deadline is counted as the deadline: the router
-# closes the connection when its deadline passes, and its clock gets there a network transit
-# (plus our poll interval) before ours, which started counting on arrival.
-DEADLINE_GRACE_S = 0.25
-
-
-class CancelReason(enum.StrEnum):
-    """Why a request stopped before its answer (the ``reason`` label of the cancel counter)."""
-
-    CLIENT_GONE = "client_gone"  # the client (or the router for it) closed the connection
-    DEADLINE = "deadline"  # the caller's deadline passed
-
-
-class Cancelled(Exception):
-    """A job stopped for ``reason``: dropped while waiting (``started`` False), or stopped
-    while it had the device (at a denoising step, before its image was decoded)."""
-
-    def __init__(self, reason: CancelReason, *, started: bool, detail: str = "") -> None:
-        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
-        self.reason = reason
-        self.started = started
-        self.detail = detail
-
-
-class CancelToken:
-    """One request's stop signal, shared by the event loop and the device thread.
-
-    The loop sets it (:meth:`client_gone`); the device thread polls :meth:`check`, which also
-    notices the deadline (``clock`` seconds, default monotonic) by itself, so a deadline stops
-    a run even when nobody on the loop is looking. The first reason wins. ``steps_done`` is the
-    run's progress (written by the device thread; for messages and tests).
-    """
-
-    def __init__(
-        self, deadline: float | None = None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.deadline = deadline
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._set = threading.Event()
-        self._reason: CancelReason | None = None
-        self.steps_done = 0
-
-    @classmethod
-    def with_budget(
-        cls, budget_s: float | None, clock: Callable[[], float] = time.monotonic
-    ) -> CancelToken:
-        """A token whose deadline is ``budget_s`` from now (None: no deadline)."""
-        return cls(None if budget_s is None else clock() + budget_s, clock)
-
-    def cancel(self, reason: CancelReason) -> None:
-        with self._lock:
-            if self._reason is None:
-                self._reason = reason
-                self._set.set()
-
-    def client_gone(self) -> None:
-        """The client disconnected (see ``DEADLINE_GRACE_S`` for when that is the deadline)."""
-        due = self.deadline is not None and self._clock() >= self.deadline - DEADLINE_GRACE_S
-        self.cancel(CancelReason.DEADLINE if due else CancelReason.CLIENT_GONE)
-
-    def check(self) -> CancelReason | None:
-        """The reason to stop now, or None while the request should go on."""
-        expired = self.deadline is not None and self._clock() >= self.deadline
-        if expired and not self._set.is_set():
-            self.cancel(CancelReason.DEADLINE)
-        return self._reason
 
 
 @dataclass(eq=False)

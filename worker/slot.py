@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import torch
+from loraplex.worker.parallel_copy import Pieces, copier_for
 from torch import nn
 from torch.nn import functional
 
@@ -218,6 +219,7 @@ class SwitchPlan:
     scale_values: torch.Tensor
     staging: torch.Tensor | None = None  # the staging buffer ``src`` views, when staged
     owner: int = 0  # id() of the slot whose buffer ``dst`` views
+    parts: list[Pieces] | None = None  # on CPU: dst/src cut for a parallel copy
 
 
 @dataclass(eq=False)
@@ -271,6 +273,7 @@ class LoraSlot:
         self.active = False
         self.current: PackedAdapter | None = None
         self._views = layout.views(self.buffer)
+        self._copier = copier_for(device)
         self._modules = [modules[m.name] for m in layout.modules]
         self._hooks = [
             _SlotHook(self, m, a, bt, self.scales[i])
@@ -302,7 +305,10 @@ class LoraSlot:
         plan = self._plan(packed, staging)
         if staging is not None:
             staging.copy_(packed.flat, non_blocking=packed.flat.is_pinned())
-        torch._foreach_copy_(plan.dst, plan.src, non_blocking=packed.flat.is_pinned())
+        if self._copier is not None and plan.parts is not None and len(plan.parts) > 1:
+            self._copier.run(plan.parts)  # CPU: see worker/parallel_copy.py
+        else:
+            torch._foreach_copy_(plan.dst, plan.src, non_blocking=packed.flat.is_pinned())
         self.scales.index_copy_(0, plan.scale_index, plan.scale_values)
         if not self.static:
             for e in packed.entries:
@@ -380,7 +386,8 @@ class LoraSlot:
             device = self.scales.device
             index = torch.tensor([e.index for e in packed.entries], device=device)
             values = torch.tensor([e.scale for e in packed.entries], device=device)
-            packed.plan = SwitchPlan(dst, src, index, values, staging, id(self))
+            parts = None if self._copier is None else self._copier.split(dst, src)
+            packed.plan = SwitchPlan(dst, src, index, values, staging, id(self), parts)
         return packed.plan
 
 

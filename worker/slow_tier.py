@@ -14,6 +14,7 @@ from pathlib import Path
 
 from diffusers import DiffusionPipeline
 from loraplex.worker.adapters import AdapterKey
+from loraplex.worker.convert import SlowReason
 
 from loraplex.shared.errors import NotServable
 
@@ -26,10 +27,10 @@ class SlowTier:
     loaded now."""
 
     pipe: DiffusionPipeline
-    paths: dict[AdapterKey, tuple[Path, str]] = field(default_factory=dict)
+    paths: dict[AdapterKey, tuple[Path, SlowReason]] = field(default_factory=dict)
     loaded: AdapterKey | None = None
 
-    def known(self, key: AdapterKey) -> tuple[Path, str] | None:
+    def known(self, key: AdapterKey) -> tuple[Path, SlowReason] | None:
         """The file and reason of a known slow adapter, if its file is still on disk (disk
         trimming may delete it)."""
         known = self.paths.get(key)
