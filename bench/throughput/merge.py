@@ -25,6 +25,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -136,46 +137,14 @@ def measure(
     b = random_adapter(layout, 16, attention, 3, dtype)
     if dev.type == "cuda":
         a, b = a.to(dev), b.to(dev)  # the resident tier: the switch is not what is measured
-    inputs, timed = _inputs(unet, side, dev, dtype), _timer(dev)
-    timesteps = [torch.tensor([999 - i * 999 // steps], device=dev) for i in range(steps)]
-
-    def generate() -> torch.Tensor:
-        out = None
-        for t in timesteps:
-            out = unet(timestep=t, **inputs)[0]
-        return out
-
-    def arm(state: str) -> None:
-        merger.restore()
-        slot.deactivate()
-        if state != "base":
-            slot.load(a)
-        if state == "fused":
-            merger.fuse()
-
+    run = _Run(unet, slot, merger, (a, b), _inputs(unet, side, dev, dtype), _timer(dev), steps)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    arm("hooked")
-    hooked_out = generate().float()
-    first_fuse_ms = timed(merger.fuse)
-    fused_out = generate().float()
-    times: dict[str, list[float]] = {"base": [], "hooked": [], "fused": []}
-    for turn in range(reps + 1):
-        for state in times:
-            arm(state)
-            ms = timed(generate)
-            if turn:
-                times[state].append(ms)
-    fuse, restore = [], []
-    for i in range(cycles):
-        merger.restore()
-        slot.load(a if i % 2 == 0 else b)
-        if i < 2 * timed_cycles and i % 2 == 0:  # time adapter a's cycles only
-            fuse.append(timed(merger.fuse))
-            restore.append(timed(merger.restore))
-        else:
-            merger.fuse()
-    merger.restore()
-    slot.deactivate()
+    run.arm("hooked")
+    hooked_out = run.generate().float()
+    first_fuse_ms = run.timed(merger.fuse)
+    fused_out = run.generate().float()
+    times = run.interleaved(reps)
+    fuse, restore = run.fuse_cycles(cycles, timed_cycles)
     after = unet.state_dict()
     exact = all(torch.equal(before[k], after[k]) for k in before)
     ms = {k: statistics.median(v) for k, v in times.items()}
@@ -203,6 +172,68 @@ def measure(
         "fused_vs_hooked_max_abs": float((fused_out - hooked_out).abs().max()),
         "noise_pct": round(_spread(times["base"]) * 100, 2),
     }
+
+
+@dataclass
+class _Run:
+    """One UNet with its slot and merger, and the two adapters the cycles alternate."""
+
+    unet: torch.nn.Module
+    slot: LoraSlot
+    merger: Merger
+    adapters: tuple[PackedAdapter, PackedAdapter]
+    inputs: dict[str, Any]
+    timed: Callable[[Callable[[], object]], float]
+    steps: int
+    timesteps: list[torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        device = self.slot.buffer.device
+        self.timesteps = [
+            torch.tensor([999 - i * 999 // self.steps], device=device) for i in range(self.steps)
+        ]
+
+    def generate(self) -> torch.Tensor:
+        out = None
+        for t in self.timesteps:
+            out = self.unet(timestep=t, **self.inputs)[0]
+        return out
+
+    def arm(self, state: str) -> None:
+        """The model as ``state``: base, hooked (adapter a in the slot) or fused."""
+        self.merger.restore()
+        self.slot.deactivate()
+        if state != "base":
+            self.slot.load(self.adapters[0])
+        if state == "fused":
+            self.merger.fuse()
+
+    def interleaved(self, reps: int) -> dict[str, list[float]]:
+        """Generation ms per state, the states in turns (the first turn warms up, dropped)."""
+        times: dict[str, list[float]] = {"base": [], "hooked": [], "fused": []}
+        for turn in range(reps + 1):
+            for state in times:
+                self.arm(state)
+                ms = self.timed(self.generate)
+                if turn:
+                    times[state].append(ms)
+        return times
+
+    def fuse_cycles(self, cycles: int, timed_cycles: int) -> tuple[list[float], list[float]]:
+        """``cycles`` fuse/restore cycles alternating the adapters; the first ``timed_cycles``
+        of adapter a are timed. Ends restored, slot off."""
+        fuse, restore = [], []
+        for i in range(cycles):
+            self.merger.restore()
+            self.slot.load(self.adapters[i % 2])
+            if i < 2 * timed_cycles and i % 2 == 0:
+                fuse.append(self.timed(self.merger.fuse))
+                restore.append(self.timed(self.merger.restore))
+            else:
+                self.merger.fuse()
+        self.merger.restore()
+        self.slot.deactivate()
+        return fuse, restore
 
 
 def _spread(samples: list[float]) -> float:

@@ -133,11 +133,8 @@ def test_a_token_that_may_not_read_the_adapter_fails_alone(sd, demo_models, hub_
 
 @pytest.fixture(scope="module")
 def worker(hub_cache: Path) -> Iterator[WorkerServer]:
-    server = WorkerServer(tiny_worker_settings(hub_cache, max_batch=4, queue_capacity=8))
-    server.start()
-    server.wait_ready()
-    yield server
-    server.stop()
+    with WorkerServer.serving(tiny_worker_settings(hub_cache, max_batch=4, queue_capacity=8)) as s:
+        yield s
 
 
 def pixels(response: httpx.Response) -> np.ndarray:

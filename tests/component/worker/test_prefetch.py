@@ -53,11 +53,8 @@ def worker(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     cache = tmp_path_factory.mktemp("prefetch-hf")
     with pytest.MonkeyPatch.context() as patch:
         point_client_at(patch, hub.url, cache)
-        server = WorkerServer(tiny_worker_settings(cache / "hub", branch_ttl_seconds=0))
-        server.start()
-        server.wait_ready()
-        yield server
-        server.stop()
+        with WorkerServer.serving(tiny_worker_settings(cache / "hub", branch_ttl_seconds=0)) as s:
+            yield s
 
 
 def post(worker: WorkerServer, token: str | None = None, **adapter: str) -> httpx.Response:

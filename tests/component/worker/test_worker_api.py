@@ -42,11 +42,9 @@ def hub_cache(hub_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def worker(hub_cache: Path) -> Iterator[WorkerServer]:
-    server = WorkerServer(tiny_worker_settings(hub_cache, queue_capacity=2, max_overtake=1))
-    server.start()
-    server.wait_ready()
-    yield server
-    server.stop()
+    settings = tiny_worker_settings(hub_cache, queue_capacity=2, max_overtake=1)
+    with WorkerServer.serving(settings) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 def worker(hub_server, tmp_path: Path) -> Iterator[WorkerServer]:
     with pytest.MonkeyPatch.context() as patch:
         point_client_at(patch, hub_server.url, tmp_path)
-        server = WorkerServer(tiny_worker_settings(tmp_path / "hub", disk_scan_interval_s=0))
-        server.start()
-        server.wait_ready()
-        yield server
-        server.stop()
+        settings = tiny_worker_settings(tmp_path / "hub", disk_scan_interval_s=0)
+        with WorkerServer.serving(settings) as server:
+            yield server
 
 
 def test_state_reports_measured_load_seconds_and_the_disk_tier(worker: WorkerServer) -> None:
