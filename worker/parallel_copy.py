@@ -20,6 +20,10 @@ import torch
 # Below this many elements in all, one thread copies: a thread hand-off costs ~20-50 µs, more
 # than it saves on small adapters.
 MIN_SPLIT_ELEMENTS = 1 << 20
+# torch's intra-op parallel grain: a copy at least this big already runs on every thread, so
+# a list made mostly of such pieces (merged runs: an adapter at the slot's rank) is not split —
+# two Python threads each running a parallel copy would only oversubscribe the cores.
+TORCH_GRAIN_ELEMENTS = 32768
 
 Pieces = tuple[list[torch.Tensor], list[torch.Tensor]]
 
@@ -36,10 +40,12 @@ class ParallelCopy:
 
     def split(self, dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> list[Pieces]:
         """The pieces cut into up to ``threads`` parts of about equal elements (in order);
-        one part when the whole is below ``min_elements``."""
+        one part when the whole is below ``min_elements`` or most of it is in pieces torch
+        already copies on every thread."""
         sizes = [t.numel() for t in dst]
         total = sum(sizes)
-        if total < self.min_elements or len(dst) < 2:
+        small = sum(n for n in sizes if n < TORCH_GRAIN_ELEMENTS)
+        if total < self.min_elements or len(dst) < 2 or 2 * small < total:
             return [(list(dst), list(src))]
         parts: list[Pieces] = []
         start = 0

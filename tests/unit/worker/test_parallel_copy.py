@@ -21,9 +21,11 @@ def test_parts_are_balanced_in_order_and_cover_every_piece_once() -> None:
     copier.close()
 
 
-def test_small_copies_stay_one_part() -> None:
+def test_small_copies_and_copies_torch_already_parallelizes_stay_one_part() -> None:
     copier = ParallelCopy(threads=4, min_elements=1000)
     dst, src = pieces([10] * 20)
+    assert len(copier.split(dst, src)) == 1  # too little in all
+    dst, src = pieces([40_000, 40_000, 1000])  # mostly above torch's own parallel grain
     assert len(copier.split(dst, src)) == 1
     copier.close()
 
@@ -59,7 +61,7 @@ def test_a_slot_switch_split_over_threads_fills_the_slot_as_one_thread_does() ->
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        model = nn.Sequential(*(nn.Linear(2048, 2048) for _ in range(5)))
+        model = nn.Sequential(*(nn.Linear(256, 256) for _ in range(40)))
         layout = SlotLayout.for_components({"unet": model}, rank=128)
         modules = {f"unet.{n}": m for n, m in model.named_modules()}
         cpu, f32 = torch.device("cpu"), torch.float32
@@ -67,8 +69,8 @@ def test_a_slot_switch_split_over_threads_fills_the_slot_as_one_thread_does() ->
         single = LoraSlot(modules, layout, dtype=f32, device=cpu)
         single._copier = None
         torch.manual_seed(0)
-        weights = {  # rank 64 < the slot's 128: one piece per A_r and Bt_r, 1.3 M elements
-            f"unet.{i}": (torch.randn(64, 2048), torch.randn(2048, 64), 0.5) for i in range(5)
+        weights = {  # rank 64 < the slot's 128: one 16k piece per A_r and Bt_r, 1.3 M in all
+            f"unet.{i}": (torch.randn(64, 256), torch.randn(256, 64), 0.5) for i in range(40)
         }
         for slot in (split, single):
             slot.load(layout.pack(weights, dtype=f32))
