@@ -29,7 +29,7 @@ from fixtures.worker import (
 from loraplex.worker.batching import BatchItem
 from loraplex.worker.generation import Generated
 from loraplex.worker.pipeline import Engine
-from loraplex.worker.queue import Cancelled, CancelReason, CancelToken
+from loraplex.worker.queue import Cancelled, CancelReason, CancelToken, DeviceExecutor
 from PIL import Image
 
 from loraplex.demo.models import LORA_FLUX, LORA_R4, TINY_FLUX, TINY_SD
@@ -39,6 +39,12 @@ from loraplex.shared.errors import Forbidden, Unauthorized
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 TOLERANCE = 1e-4
 WAIT_S = 30.0
+
+
+async def depth_reaches(executor: DeviceExecutor, depth: int) -> None:
+    """Return once ``depth`` jobs wait in ``executor``'s queue (callers bound it with WAIT_S)."""
+    while executor.depth != depth:
+        await asyncio.sleep(0.01)
 
 
 def requests_for(adapter: str | None, negative: bool) -> list[GenerateRequest]:
@@ -179,8 +185,7 @@ async def test_concurrent_same_adapter_requests_share_one_call_each_its_own_imag
         await asyncio.to_thread(entered.wait, WAIT_S)
         batch = [post(body, right) for body in bodies]
         denied = post(bodies[0], {"authorization": "Bearer hf_not_the_right_one"})
-        while executor.depth != 4:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(depth_reaches(executor, 4), WAIT_S)
         opened.set()
         assert (await holding).status_code == 200
         responses = [await task for task in batch]

@@ -27,6 +27,12 @@ DEFAULTS = CallDefaults(width=64, height=64, steps=2, guidance=5.0)
 WAIT_S = 10.0
 
 
+async def depth_reaches(executor: DeviceExecutor, depth: int) -> None:
+    """Return once ``depth`` jobs wait in ``executor``'s queue (callers bound it with WAIT_S)."""
+    while executor.depth != depth:
+        await asyncio.sleep(0.01)
+
+
 def key(**fields: object):
     return batch_key(GenerateRequest(prompt="p", **fields), DEFAULTS)
 
@@ -169,8 +175,7 @@ async def test_each_job_of_a_batch_gets_its_own_answer() -> None:
         first = asyncio.create_task(executor.submit("a", 1, connected))
         await device.entered()
         rest = [asyncio.create_task(executor.submit("a", p, connected)) for p in (2, -3, 4)]
-        while executor.depth != 3:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(depth_reaches(executor, 3), WAIT_S)
         device.release(2)
         results = await asyncio.gather(first, *rest, return_exceptions=True)
     finally:
@@ -196,8 +201,7 @@ async def test_a_job_cancelled_mid_batch_answers_at_once_and_the_others_go_on() 
         await device.entered()
         stays = asyncio.create_task(executor.submit("a", 2, connected))
         goes = asyncio.create_task(executor.submit("a", 3, leaving))
-        while executor.depth != 2:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(depth_reaches(executor, 2), WAIT_S)
         device.release()
         await first
         await device.entered()  # the batch [2, 3] holds the device
