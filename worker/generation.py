@@ -168,8 +168,9 @@ def generate_batch(
                 calls.setdefault(_admit(engine, item), []).append(i)
             except (Cancelled, LoraplexError) as exc:
                 outcomes[i] = exc
-        for members in calls.values():
-            results, switched = _run_call(engine, [items[i] for i in members], spill, upcoming)
+        for (key, _), members in calls.items():
+            batch = [items[i] for i in members]
+            results, switched = _run_call(engine, key, batch, spill, upcoming)
             ran = ran or switched
             for i, result in zip(members, results, strict=True):
                 outcomes[i] = result
@@ -193,13 +194,18 @@ def _admit(engine: Engine, item: BatchItem) -> tuple[AdapterKey | None, BatchKey
 
 
 def _run_call(
-    engine: Engine, items: Sequence[BatchItem], spill: bool, upcoming: int
+    engine: Engine,
+    key: AdapterKey | None,
+    items: Sequence[BatchItem],
+    spill: bool,
+    upcoming: int,
 ) -> tuple[Sequence[Generated | Exception], bool]:
-    """One switch (with the first item's token; all resolved to the same commit) and one
-    pipeline call for ``items``; False when the switch failed (every item gets its error)."""
+    """One switch to ``key`` (every item resolved it with its own token in :func:`_admit`;
+    a load uses the first item's) and one pipeline call for ``items``; False when the switch
+    failed (every item gets its error)."""
     first = items[0]
     try:
-        switch = engine.switch_to(first.request.adapter, first.token, spill=spill)
+        switch = engine.switch_to_key(key, first.token, spill=spill)
     except Exception as exc:  # noqa: BLE001 - each item's answer, as a lone request's was
         engine.switch_to(None)
         return [exc] * len(items), False

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -147,6 +147,7 @@ class Engine:
             to_device=self._to_device,
         )
         self.active: AdapterKey | None = None
+        self.prefetcher: Prefetcher | None = None  # set by the app once built (prefetch.py)
         self._slow = SlowTier(pipe)
         self._lock = threading.Lock()
 
@@ -210,18 +211,29 @@ class Engine:
     def _nbytes(packed: PackedAdapter) -> int:
         return packed.nbytes
 
-    prefetcher: Prefetcher | None = None  # set by the app once built (worker/prefetch.py)
-
     def switch_to(
         self, ref: AdapterRef | None, token: str | None = None, *, spill: bool = False
     ) -> Switch:
         """Make ``ref`` (or the bare base) active; returns the tier it came from and the time.
         ``spill``: a fresh load is kept on probation (``AdapterCache.admit(keep=False)``)."""
         started = time.perf_counter()
-        if ref is None:
+        key = None if ref is None else self.fetcher.resolve(ref, token)
+        return self.switch_to_key(key, token, spill=spill, started=started)
+
+    def switch_to_key(
+        self,
+        key: AdapterKey | None,
+        token: str | None,
+        *,
+        spill: bool = False,
+        started: float | None = None,
+    ) -> Switch:
+        """:meth:`switch_to` for an adapter already resolved (and so authorized) for ``token``:
+        a batch resolves each member once, before it joins (generation.py)."""
+        started = time.perf_counter() if started is None else started
+        if key is None:
             self._deactivate()
             return Switch(SwitchTier.NONE, time.perf_counter() - started, None)
-        key = self.fetcher.resolve(ref, token)
         if key == self.active:
             return Switch(SwitchTier.ACTIVE, time.perf_counter() - started, key)
         lookup = partial(self._lookup, key)
@@ -301,8 +313,7 @@ class Engine:
         self.merger.restore()  # a fused adapter's delta leaves the weights first
         self._slow.unload()
         self.slot.load(value)
-        if self.cuda:  # the copy is async: wait so switch_ms is the copy, not its launch
-            torch.cuda.current_stream(self.device).synchronize()
+        self._sync()  # the copy is async: wait so switch_ms is the copy, not its launch
         self.active = key
 
     def _activate_slow(self, key: AdapterKey, path: Path) -> None:
@@ -346,14 +357,19 @@ class Engine:
         (:func:`~loraplex.worker.generation.generate_batch`, docs/batching.md)."""
         return generate_batch(self, items, spill=spill, upcoming=upcoming)
 
-    def batch_key(self, request: GenerateRequest) -> BatchKey:
-        """What must be equal for two requests to share a pipeline call (batching.py)."""
+    @cached_property
+    def call_defaults(self) -> CallDefaults:
+        """What a request that omits a parameter gets: the settings, else the base's native
+        size (fixed for the engine's life)."""
         native_w, native_h = native_size(self.pipe)
         s = self.settings
-        defaults = CallDefaults(
+        return CallDefaults(
             s.width or native_w, s.height or native_h, s.num_inference_steps, s.guidance_scale
         )
-        return batch_key(request, defaults)
+
+    def batch_key(self, request: GenerateRequest) -> BatchKey:
+        """What must be equal for two requests to share a pipeline call (batching.py)."""
+        return batch_key(request, self.call_defaults)
 
     def prepare_run(self, work_steps: int) -> None:
         """Device thread, after the switch and before the pipeline call: ``work_steps`` is the
@@ -394,9 +410,8 @@ class Engine:
         """Refuse (400) a request whose image, with missing sides filled as the pipeline
         fills them (settings, else the base's native size), is over the pixel budget: the
         contract can check only requests that name both sides."""
-        native_w, native_h = native_size(self.pipe)
-        width = request.width or self.settings.width or native_w
-        height = request.height or self.settings.height or native_h
+        width = request.width or self.call_defaults.width
+        height = request.height or self.call_defaults.height
         filled = [f"width {width}"] if not request.width else []
         filled += [f"height {height}"] if not request.height else []
         verb = "is" if len(filled) == 1 else "are"
@@ -432,6 +447,7 @@ class Engine:
             )
 
     def _sync(self) -> None:
+        """On CUDA, wait for the work queued on the device (no-op on CPU)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
 

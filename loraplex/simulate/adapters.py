@@ -135,6 +135,24 @@ class DiskCache:
         return [e.key for e in evicted]
 
 
+def _worker_cache(
+    resident_bytes: int, slots: int, host_bytes: int, host_policy: HostPolicy
+) -> AdapterCache[int]:
+    """The worker's own cache with the given budgets (values are adapter ids: no device)."""
+    return AdapterCache(
+        resident_bytes=resident_bytes,
+        resident_slots=slots,
+        host_bytes=host_bytes,
+        to_device=_identity,
+        host_policy=host_policy,
+    )
+
+
+def _shared(disk: DiskCache | int) -> DiskCache:
+    """``disk`` as a DiskCache: one shared by several replicas, or a new one of that size."""
+    return disk if isinstance(disk, DiskCache) else DiskCache(disk)
+
+
 def _identity(value: int) -> int:
     return value
 
@@ -173,15 +191,8 @@ class WorkerAdapters:
     ) -> WorkerAdapters:
         """Tiers sized in bytes as the worker's settings size them (resident: the worker's
         default RESIDENT_CACHE_BYTES and ``slots`` entries)."""
-        cache: AdapterCache[int] = AdapterCache(
-            resident_bytes=RESIDENT_BYTES,
-            resident_slots=slots,
-            host_bytes=host_bytes,
-            to_device=_identity,
-            host_policy=host_policy,
-        )
-        shared = disk if isinstance(disk, DiskCache) else DiskCache(disk)
-        return cls(price, cache, shared, nbytes_of)
+        cache = _worker_cache(RESIDENT_BYTES, slots, host_bytes, host_policy)
+        return cls(price, cache, _shared(disk), nbytes_of)
 
     @classmethod
     def counted(
@@ -194,15 +205,8 @@ class WorkerAdapters:
         host_policy: HostPolicy = "lru",
     ) -> WorkerAdapters:
         """Tiers sized in adapters: every adapter weighs one byte, so byte budgets count them."""
-        cache: AdapterCache[int] = AdapterCache(
-            resident_bytes=slots,
-            resident_slots=slots,
-            host_bytes=host,
-            to_device=_identity,
-            host_policy=host_policy,
-        )
-        shared = disk if isinstance(disk, DiskCache) else DiskCache(disk)
-        return cls(times, cache, shared, lambda _adapter: 1)
+        cache = _worker_cache(slots, slots, host, host_policy)
+        return cls(times, cache, _shared(disk), lambda _adapter: 1)
 
     @property
     def resident(self) -> tuple[str, ...]:
