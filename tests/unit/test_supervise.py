@@ -82,15 +82,21 @@ async def test_ready_children_are_restarted_and_stopped() -> None:
 
 WARMING_FOREVER = "import time; time.sleep(120)"  # up, never ready: a worker still warming up
 REPORTS_FAILED = (
-    "import http.server, json, sys, threading, time\n"
+    "import http.server, json, sys, threading\n"
+    "answered = threading.Semaphore(0)\n"
     "class H(http.server.BaseHTTPRequestHandler):\n"
     "    def do_GET(self):\n"
     "        body = json.dumps({'state': 'failed', 'reason': 'NotServable: no UNet'}).encode()\n"
     "        self.send_response(503); self.end_headers(); self.wfile.write(body)\n"
+    "        answered.release()\n"
     "    def log_message(self, *a): pass\n"
     "server = http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H)\n"
     "threading.Thread(target=server.serve_forever, daemon=True).start()\n"
-    "time.sleep(1.0)\n"  # reports failed on its probe URL briefly, then exits non-zero
+    # Like a real worker it reports failed, then exits non-zero (unless terminated first). It
+    # exits after its *second* answer: the probe asks again only once it has read the first,
+    # so the supervisor has surely seen the report (a fixed report time raced a loaded CI).
+    "answered.acquire(); answered.acquire()\n"
+    "server.shutdown()\n"
     "sys.exit(3)\n"
 )
 
