@@ -17,7 +17,7 @@ Keys (last line, JSON):
   ``least_loaded``, ``resident_affinity`` (the previous default), ``adapter_affinity`` (the
   router's default, ``PlacementPicker``) and ``partitioned_optimal``: a computed lower bound —
   the fleet's host tiers holding disjoint sets of the most popular adapters (8 × 300), so only
-  requests for the rest load (from the stream's own counts in the measured window).
+  requests for the rest load (the stream's Zipf law: a steady state).
 * ``rr_over_affinity`` (goal ≥ 3), ``affinity_over_optimal`` (goal ≤ 1.3).
 * ``mean_wait`` per strategy: seconds from arrival to the start of the generation (queue +
   adapter switch; goal: affinity ≤ 1.1 × least-loaded), ``affinity_wait_over_least_loaded``,
@@ -26,25 +26,34 @@ Keys (last line, JSON):
   of rank i always on replica i mod 8) through the same worker caches, load balance ignored.
 * ``homes_moved_on_scale_out``: the fraction of adapters whose (first) home changes when a 9th
   replica joins the 8 (goal ≤ 1.5/N; rendezvous hashing moves ~1/(N+1)).
+* ``compulsory_loads_per_request``: measured requests for an adapter never asked for before, a
+  load no strategy avoids; the bound (a steady state) has none, so the default warm-up (200,000)
+  is long enough to make it 0 (30,000 left 1 %, 3.3× the bound on its own).
+* ``frontier``: the default picker with ``cold_spill_queue`` raised (``--frontier``): loads
+  against wait, each ``over_optimal`` and ``wait_over_least_loaded``.
 
 Spills: the router marks a pick past the adapter's homes (``is_spill``, as it sends
 ``x-loraplex-placement: spill``), and the worker keeps that fresh load on probation in its host
 tier (``AdapterCache.admit(keep=False)``). ``--host-policy tinylfu`` and ``--cold-spill-queue N``
 measure the alternatives (docs/placement.md has the table).
 
-Finding (defaults, seed 0): round-robin loads 4.7× as often as the default picker, whose wait
-(queue + switch) is 1.05× least-loaded's (queue alone 1.32×). ``affinity_over_optimal ≤ 1.3`` is
-not met: 17.5× the ideal bound (22× before probation spills) and 5.3× a perfect partition through
-the same worker caches (``partitioned_lru``): the bound needs disjoint, frequency-perfect caches
-and no spills, and without spills the fleet is 8 separate queues (docs/placement.md).
+Finding (defaults, seed 0, steady state): round-robin loads 5.2× as often as the default picker,
+whose wait (queue + switch) is 1.00× least-loaded's. ``affinity_over_optimal ≤ 1.3`` is not met:
+15.9× the ideal bound (12× a perfect partition through the same worker caches); the frontier
+trades it for wait — 6.5× at 1.26× the wait, 2.1× at 2.0× — because the bound needs disjoint,
+frequency-perfect caches and no spills, and without spills the fleet is 8 separate queues
+(docs/placement.md).
 
-Run: ``python bench/placement.py [--requests N] [--warmup N]`` (about a minute on one core).
+Run: ``python bench/placement.py [--requests N] [--warmup N] [--frontier 3,4,6]`` (the runs are
+independent and go side by side, one process each: ~2.5 minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from loraplex.router.homes import homes
@@ -216,38 +225,96 @@ def homes_moved(replicas: int) -> float:
     return moved / ADAPTERS
 
 
-def main() -> None:
+def compulsory(adapters: np.ndarray, warmup: int) -> float:
+    """Measured requests for an adapter never asked for before (not even in the warm-up): a
+    load every strategy must pay. The partitioned bound, a steady state, has none of them, so
+    the warm-up must be long enough to make this small (30,000 left 1 %: 3.3× the bound)."""
+    seen = set(adapters[:warmup].tolist())
+    first = 0
+    for adapter in adapters[warmup:].tolist():
+        first += adapter not in seen
+        seen.add(adapter)
+    return first / (len(adapters) - warmup)
+
+
+def _picker(label: str, cold_spill_queue: int | None) -> Picker:
+    if label == "round_robin":
+        return RoundRobinPicker()
+    if label == "least_loaded":
+        return LeastLoadedPicker()
+    if label == "resident_affinity":
+        return AdapterAffinityPicker()
+    return PlacementPicker(cold_spill_queue=cold_spill_queue)
+
+
+def _run(job: tuple[str, int | None, argparse.Namespace]) -> dict[str, float]:
+    """One strategy over the seed's stream (in a process of its own: they are independent)."""
+    label, cold_spill_queue, args = job
+    adapters, arrivals = zipf_stream(args.warmup + args.requests, args.seed)
+    picker = _picker(label, cold_spill_queue)
+    return simulate(picker, adapters, arrivals, args.warmup, args.host_policy)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=30_000, help="measured requests")
-    parser.add_argument("--warmup", type=int, default=30_000, help="requests before measuring")
+    parser.add_argument(
+        "--warmup", type=int, default=200_000, help="requests before measuring (steady state)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--host-policy", choices=HOST_POLICIES, default=HOST_POLICY)
     parser.add_argument(
         "--cold-spill-queue", type=int, default=None, help="PlacementPicker's (default: bound)"
     )
-    args = parser.parse_args()
-    adapters, arrivals = zipf_stream(args.warmup + args.requests, args.seed)
-    strategies: dict[str, Picker] = {
-        "round_robin": RoundRobinPicker(),
-        "least_loaded": LeastLoadedPicker(),
-        "resident_affinity": AdapterAffinityPicker(),
-        "adapter_affinity": PlacementPicker(cold_spill_queue=args.cold_spill_queue),
-    }
-    results = {
-        label: simulate(picker, adapters, arrivals, args.warmup, args.host_policy)
-        for label, picker in strategies.items()
-    }
+    parser.add_argument(
+        "--frontier",
+        default="3,4,6",
+        help="cold_spill_queue values for the loads-vs-wait frontier ('' for none)",
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    labels = ["round_robin", "least_loaded", "resident_affinity", "adapter_affinity"]
+    frontier_queues = [int(v) for v in args.frontier.split(",") if v.strip()]
+    jobs = [(label, args.cold_spill_queue, args) for label in labels]
+    jobs += [("adapter_affinity", queue, args) for queue in frontier_queues]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        runs = list(pool.map(_run, jobs))
+    results = dict(zip(labels, runs, strict=False))
     for label, result in results.items():
         print(
             f"{label:18s} cold loads/request {result['cold_loads_per_request']:.4f}  "
             f"mean wait {result['mean_wait']:.3f} s"
         )
+    adapters, _ = zipf_stream(args.warmup + args.requests, args.seed)
+    print(json.dumps(summarise(args, results, runs[len(labels) :], frontier_queues, adapters)))
+
+
+def summarise(
+    args: argparse.Namespace,
+    results: dict[str, dict[str, float]],
+    frontier_runs: list[dict[str, float]],
+    frontier_queues: list[int],
+    adapters: np.ndarray,
+) -> dict[str, object]:
     loads = {label: round(r["cold_loads_per_request"], 5) for label, r in results.items()}
     loads["partitioned_optimal"] = round(partitioned_optimal(), 5)
     loads["partitioned_lru"] = round(partitioned_lru(adapters, args.warmup, args.host_policy), 5)
     waits = {label: round(r["mean_wait"], 4) for label, r in results.items()}
-    summary = {
+    frontier = [
+        {
+            "cold_spill_queue": queue,
+            "cold_loads_per_request": round(run["cold_loads_per_request"], 5),
+            "over_optimal": round(run["cold_loads_per_request"] / partitioned_optimal(), 2),
+            "wait_over_least_loaded": round(run["mean_wait"] / waits["least_loaded"], 3),
+        }
+        for queue, run in zip(frontier_queues, frontier_runs, strict=True)
+    ]
+    return {
         "cold_loads_per_request": loads,
+        "compulsory_loads_per_request": round(compulsory(adapters, args.warmup), 5),
         "rr_over_affinity": round(loads["round_robin"] / loads["adapter_affinity"], 2),
         "affinity_over_optimal": round(loads["adapter_affinity"] / loads["partitioned_optimal"], 2),
         "affinity_over_partitioned_lru": round(
@@ -258,6 +325,7 @@ def main() -> None:
         "affinity_wait_over_least_loaded": round(
             waits["adapter_affinity"] / waits["least_loaded"], 3
         ),
+        "frontier": frontier,
         "homes_moved_on_scale_out": round(homes_moved(REPLICAS), 4),
         "homes_moved_bound": round(1.5 / REPLICAS, 4),
         "host_policy": args.host_policy,
@@ -266,7 +334,6 @@ def main() -> None:
         "requests": args.requests,
         "warmup": args.warmup,
     }
-    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
