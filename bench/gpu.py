@@ -46,12 +46,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from loraplex.worker.merge import Merger
-from loraplex.worker.slot import ATTENTION_TARGETS, LoraSlot, PackedAdapter, SlotLayout
+from gpu_sections.adapters import adapter, switch
+from gpu_sections.baselines import compiled, seed
+from gpu_sections.common import MB, RANK
+from gpu_sections.inputs import flux_inputs, sdxl_inputs
+from gpu_sections.serving import batch, fused, generate
+from loraplex.worker.slot import LoraSlot, PackedAdapter, SlotLayout
 from torch import nn
 from torch._dynamo.exc import TorchDynamoException
 
-RANK, B_RANK, MB = 32, 16, 1e6
 NO_CUDA = {"skipped": "no CUDA device; run with --tiny for the CPU smoke version"}
 # fmt: off
 SDXL_UNET: dict[str, Any] = dict(  # stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
@@ -90,7 +93,6 @@ NEED_S = {
     "seed": 40,
     "batch": 30,
 }
-BATCHES, TIMED_CYCLES = (1, 4), 5
 COMPILE_NEED_S = {"sdxl": 150, "flux": 240}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -146,10 +148,6 @@ class Run:
         }
 
 
-def pct(value: float, base: float) -> float:
-    return round((value - base) / base * 100, 2)
-
-
 @torch.no_grad()
 def build(run: Run) -> dict[str, Any]:
     """The denoiser from its config on the meta device, then random weights on the device."""
@@ -169,319 +167,6 @@ def build(run: Run) -> dict[str, Any]:
     run.inputs = (sdxl_inputs if run.component == "unet" else flux_inputs)(run)
     params = sum(p.numel() for p in model.parameters())
     return {"params_b": round(params / 1e9, 3), "base_mb": round(params * run.dtype.itemsize / MB)}
-
-
-def _random(run: Run, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, device=run.device, dtype=run.dtype)
-
-
-def sdxl_inputs(run: Run) -> list[dict[str, Any]]:
-    cfg, batch, side = run.config, 2, run.config["sample_size"]  # batch 2: CFG
-    tokens = 8 if run.args.tiny else 77
-    pooled = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
-    px = side * 8
-    time_ids = torch.tensor([[px, px, 0, 0, px, px]] * batch, device=run.device, dtype=run.dtype)
-    common = {
-        "sample": _random(run, batch, cfg["in_channels"], side, side),
-        "encoder_hidden_states": _random(run, batch, tokens, cfg["cross_attention_dim"]),
-        "added_cond_kwargs": {"text_embeds": _random(run, batch, pooled), "time_ids": time_ids},
-        "return_dict": False,
-    }
-    steps = run.args.steps
-    return [
-        {**common, "timestep": torch.full((1,), 999 - i * 999 // steps, device=run.device)}
-        for i in range(steps)
-    ]
-
-
-def flux_inputs(run: Run) -> list[dict[str, Any]]:
-    cfg, side, txt = run.config, (8 if run.args.tiny else 64), (8 if run.args.tiny else 512)
-    pos = torch.arange(side * side, device=run.device)
-    img_ids = torch.stack([torch.zeros_like(pos), pos // side, pos % side], dim=1).to(run.dtype)
-    common = {
-        "hidden_states": _random(run, 1, side * side, cfg["in_channels"]),
-        "encoder_hidden_states": _random(run, 1, txt, cfg["joint_attention_dim"]),
-        "pooled_projections": _random(run, 1, cfg["pooled_projection_dim"]),
-        "img_ids": img_ids,
-        "txt_ids": torch.zeros(txt, 3, device=run.device, dtype=run.dtype),
-        "guidance": torch.full((1,), 3.5, device=run.device, dtype=torch.float32),
-        "return_dict": False,
-    }
-    steps = run.args.steps
-    return [
-        {**common, "timestep": torch.full((1,), 1 - i / steps, device=run.device, dtype=run.dtype)}
-        for i in range(steps)
-    ]
-
-
-@torch.no_grad()
-def random_adapter(
-    run: Run, rank: int, names: set[str], seed: int
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
-    """``{module: (A, B, 1.0)}`` in peft shapes, on the host: |delta| ~ 0.1 of a unit output."""
-    assert run.layout is not None
-    gen = torch.Generator(device=run.device).manual_seed(seed)
-    out = {}
-    for m in run.layout.modules:
-        if m.name not in names:
-            continue
-        a = torch.randn(rank, m.in_features, generator=gen, device=run.device, dtype=run.dtype)
-        b = torch.randn(m.out_features, rank, generator=gen, device=run.device, dtype=run.dtype)
-        a, b = a * m.in_features**-0.5, b * (0.1 * rank**-0.5)
-        if m.conv is not None:
-            a = a.view(rank, m.conv.in_channels, *m.conv.kernel_size)
-            b = b.view(m.out_features, rank, 1, 1)
-        out[m.name] = (a.cpu(), b.cpu(), 1.0)
-    return out
-
-
-def adapter(run: Run) -> dict[str, Any]:
-    """The slot layout (rank 32, every Linear + plain Conv2d), adapters A and B, the eager slot."""
-    run.layout = layout = SlotLayout.for_components({run.component: run.model}, RANK)
-    every = {m.name for m in layout.modules}
-    attention = {n for n in every if any(n.endswith("." + t) for t in ATTENTION_TARGETS)}
-    pin = run.device.type == "cuda"
-    run.a_weights = random_adapter(run, RANK, every, seed=1)
-    run.a = layout.pack(run.a_weights, dtype=run.dtype, pin_memory=pin)
-    run.b = layout.pack(random_adapter(run, B_RANK, attention, 2), dtype=run.dtype, pin_memory=pin)
-    run.slot = LoraSlot(run.modules(), layout, dtype=run.dtype, device=run.device)
-    linear, conv = layout.count()
-    return {
-        "adapter_mb": round(run.a.nbytes / MB, 2),
-        "adapter_b_mb": round(run.b.nbytes / MB, 2),
-        "slot_mb": round(run.slot.nbytes / MB, 2),
-        "slot_modules": {"linear": linear, "conv2d": conv},
-        "pinned": pin,
-    }
-
-
-def switch(run: Run) -> dict[str, Any]:
-    slot, a, b, reps = run.slot, run.a, run.b, run.args.switch_reps
-    assert slot is not None and a is not None and b is not None
-    first = run.timed(lambda: slot.load(a))  # builds a's copy plan once
-    switch_ms = run.median_ms(lambda: slot.load(a), reps)
-    ab_ms = run.median_ms(lambda: (slot.load(b), slot.load(a)), reps) / 2
-    dst = torch.empty_like(a.flat, device=run.device)
-    memcpy_ms = run.median_ms(lambda: dst.copy_(a.flat, non_blocking=a.flat.is_pinned()), reps)
-    slot.deactivate()
-    gb = a.nbytes / 1e9
-    return {
-        "first_switch_ms": round(first, 3),
-        "switch_ms": switch_ms,
-        "switch_ab_ms": round(ab_ms, 3),
-        "memcpy_ms": memcpy_ms,
-        "switch_over_memcpy": round(switch_ms / memcpy_ms, 2),
-        "switch_gbps": round(gb / (switch_ms / 1e3), 2),
-        "memcpy_gbps": round(gb / (memcpy_ms / 1e3), 2),
-    }
-
-
-def in_turns(run: Run, setups: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Median generation ms per state, measured in turns so that drift hits all alike; each
-    setup (untimed) puts the model in its state. The first turn is a warm-up."""
-    times: dict[str, list[float]] = {name: [] for name in setups}
-    for turn in range(run.args.gen_reps + 1):
-        for name, setup in setups.items():
-            setup()
-            ms = run.timed(run.generate)
-            if turn:
-                times[name].append(ms)
-    return {name: round(statistics.median(t), 3) for name, t in times.items()}
-
-
-@torch.no_grad()
-def generate(run: Run) -> dict[str, Any]:
-    slot, a = run.slot, run.a
-    assert slot is not None and a is not None
-    ms = in_turns(run, {"base": slot.deactivate, "hooked": lambda: slot.load(a)})
-    slot.deactivate()
-    return {
-        "base_gen_ms": ms["base"],
-        "hooked_gen_ms": ms["hooked"],
-        "hook_overhead_pct": pct(ms["hooked"], ms["base"]),
-    }
-
-
-@torch.no_grad()
-def fused(run: Run) -> dict[str, Any]:
-    """Exact fused serving through the worker's own ``Merger`` (worker/merge.py): the pristine
-    copy where the worker keeps it by default (pinned host on CUDA), ``--fuse-cycles`` fuse +
-    restore cycles alternating adapters A and B (the first ``TIMED_CYCLES`` of A timed), then
-    every weight compared with a clone taken before the first fuse."""
-    slot, a, b = run.slot, run.a, run.b
-    assert slot is not None and a is not None and b is not None
-    weights = [mod.weight for mod in run.modules().values()]
-    saved = [w.clone() for w in weights]  # the independent check (device memory)
-    merger = Merger(slot, list(run.modules().values()), pristine="host")
-    slot.load(a)
-    hooked = run.model(**run.inputs[0])[0].float()
-    first_fuse_ms = run.timed(merger.fuse)  # also takes the pristine copy
-    diff = (run.model(**run.inputs[0])[0].float() - hooked).abs().max().item()
-    fuse, restore = [], []
-    for i in range(run.args.fuse_cycles):
-        merger.restore()
-        slot.load(a if i % 2 == 0 else b)
-        if i % 2 == 0 and len(fuse) < TIMED_CYCLES:
-            fuse.append(run.timed(merger.fuse))
-            restore.append(run.timed(merger.restore))
-        else:
-            merger.fuse()
-    merger.restore()
-    exact = all(torch.equal(w, s) for w, s in zip(weights, saved, strict=True))
-
-    def arm(state: str) -> Callable[[], None]:
-        def setup() -> None:
-            merger.restore()
-            slot.deactivate()
-            if state != "base":
-                slot.load(a)
-            if state == "fused":
-                merger.fuse()
-
-        return setup
-
-    ms = in_turns(run, {state: arm(state) for state in ("base", "hooked", "fused")})
-    merger.restore()
-    slot.deactivate()
-    run.saved = saved
-    steps = len(run.inputs)
-    return {
-        "first_fuse_ms": round(first_fuse_ms, 3),
-        "fuse_ms": round(statistics.median(fuse), 3),
-        "restore_ms": round(statistics.median(restore), 3),
-        "fuse_cycles": run.args.fuse_cycles,
-        "restore_bit_exact": exact,
-        "restore_from": "pinned host" if run.device.type == "cuda" else "host",
-        "pristine_mb": round(merger.pristine_bytes / MB, 1),
-        "base_step_ms": round(ms["base"] / steps, 3),
-        "hooked_step_ms": round(ms["hooked"] / steps, 3),
-        "fused_step_ms": round(ms["fused"] / steps, 3),
-        "fused_base_gen_ms": ms["base"],
-        "fused_gen_ms": ms["fused"],
-        "fused_overhead_pct": pct(ms["fused"], ms["base"]),
-        "fused_vs_hooked_max_abs": diff,
-        "hooked_out_max_abs": hooked.abs().max().item(),
-    }
-
-
-def _batched(value: Any, times: int) -> Any:
-    """An input with its CFG batch (dim 0 of 2) repeated ``times`` times; others as they are."""
-    if isinstance(value, dict):
-        return {k: _batched(v, times) for k, v in value.items()}
-    if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == 2:
-        return torch.cat([value] * times)
-    return value
-
-
-@torch.no_grad()
-def batch(run: Run) -> dict[str, Any]:
-    """UNet throughput, slot off: one generation per call at batch 1 vs 4 images (CFG doubles
-    the latents); images/s per call = batch / generation time."""
-    assert run.slot is not None
-    if run.component != "unet":
-        run.out.setdefault("skipped", {})["batch"] = "UNet only"
-        return {}
-    run.slot.deactivate()
-    single = run.inputs
-    batched = {size: [_batched(step, size) for step in single] for size in BATCHES}
-
-    def use(size: int) -> Callable[[], None]:
-        return lambda: setattr(run, "inputs", batched[size])
-
-    try:  # in turns, like the other arms
-        ms = in_turns(run, {f"batch{size}": use(size) for size in BATCHES})
-    finally:
-        run.inputs = single
-    out: dict[str, Any] = {}
-    for size in BATCHES:
-        out[f"batch{size}_gen_ms"] = ms[f"batch{size}"]
-        out[f"batch{size}_images_per_s"] = round(size * 1e3 / ms[f"batch{size}"], 3)
-    first, last = BATCHES[0], BATCHES[-1]
-    ratio = out[f"batch{last}_images_per_s"] / out[f"batch{first}_images_per_s"]
-    out["batch_speedup"] = round(ratio, 3)
-    return out
-
-
-@torch.no_grad()
-def seed(run: Run) -> dict[str, Any]:
-    """The seed's cycle on the same adapter, through diffusers' PeftAdapterMixin."""
-    assert run.slot is not None
-    run.slot.deactivate()
-    state = {}
-    for name, (a, b, _scale) in run.a_weights.items():
-        path = name.split(".", 1)[1]
-        state[f"{path}.lora_A.weight"], state[f"{path}.lora_B.weight"] = a, b
-    model = run.model
-    phases: dict[str, Callable[[], object]] = {
-        "load": lambda: model.load_lora_adapter(state, prefix=None, adapter_name="seed"),
-        "fuse": model.fuse_lora,
-        "unfuse": model.unfuse_lora,
-        "unload": model.unload_lora,
-    }
-    times: dict[str, list[float]] = {k: [] for k in phases}
-    for _ in range(run.args.seed_reps):
-        for phase, fn in phases.items():
-            times[phase].append(run.timed(fn))
-    cycles = [sum(t[i] for t in times.values()) for i in range(run.args.seed_reps)]
-    out: dict[str, Any] = {f"seed_{k}_ms": round(statistics.median(v), 2) for k, v in times.items()}
-    out["seed_cycle_ms"] = round(statistics.median(cycles), 2)
-    if "switch_ms" in run.out:
-        out["seed_over_switch"] = round(out["seed_cycle_ms"] / run.out["switch_ms"], 1)
-    if run.saved is not None:
-        weights = [mod.weight for mod in run.modules().values()]
-        out["seed_base_bit_exact"] = all(
-            torch.equal(w, s) for w, s in zip(weights, run.saved, strict=True)
-        )
-        torch._foreach_copy_(weights, run.saved)  # the base as it was, for what follows
-        run.saved = None
-    return out
-
-
-@torch.no_grad()
-def compiled(run: Run) -> dict[str, Any]:
-    """torch.compile over the static slot: two graphs (slot on, base), then switches are data."""
-    from torch._dynamo.utils import counters
-
-    assert run.slot is not None and run.layout is not None and run.a and run.b
-    run.slot.remove()
-    slot = LoraSlot(run.modules(), run.layout, dtype=run.dtype, device=run.device, static=True)
-    run.slot = slot
-    run.a.plan = run.b.plan = None  # copy plans point into the previous slot's buffer
-    static_switch_ms = run.median_ms(lambda: slot.load(run.a), run.args.switch_reps)
-    torch._dynamo.reset()
-    model = torch.compile(run.model, backend=run.args.compile_backend)
-    graphs_before, start = counters["stats"]["unique_graphs"], time.perf_counter()
-    breaks_before = sum(counters["graph_break"].values())
-    slot.activate_empty()
-    run.timed(lambda: model(**run.inputs[0]))
-    slot.deactivate()
-    run.timed(lambda: model(**run.inputs[0]))
-    compile_s = time.perf_counter() - start
-    slot.load(run.a)
-    eager, compiled_ms = run.gen_ms(), run.gen_ms(model)
-    slot.load(run.b)
-    model(**run.inputs[0])
-    graphs = counters["stats"]["unique_graphs"]
-    for i in range(5):
-        slot.load(run.a if i % 2 else run.b)
-        model(**run.inputs[i % len(run.inputs)])
-        slot.deactivate()
-        model(**run.inputs[0])
-    run.sync()
-    recompiles = counters["stats"]["unique_graphs"] - graphs
-    slot.remove()
-    torch._dynamo.reset()
-    return {
-        "compile_backend": run.args.compile_backend,
-        "static_switch_ms": static_switch_ms,  # no hook attach/detach: copies only
-        "compile_s": round(compile_s, 2),
-        "eager_gen_ms": eager,
-        "compiled_gen_ms": compiled_ms,
-        "compile_speedup": round(eager / compiled_ms, 3),
-        "graphs": graphs - graphs_before,
-        "graph_breaks": sum(counters["graph_break"].values()) - breaks_before,
-        "recompiles_across_switches": recompiles,
-    }
 
 
 EAGER_SECTIONS = ("build", "adapter", "switch", "generate", "fused", "seed", "batch")

@@ -13,7 +13,8 @@
 * ``GET /`` — the playground page (:mod:`loraplex.router.playground`; setting ``playground``).
 
 Errors are ``{"error": "<what and what to do>"}`` through :mod:`loraplex.shared.errors`.
-A client that disconnects cancels its upstream request (the worker sees the connection close).
+A client that disconnects cancels its upstream request (the worker sees the connection close;
+:mod:`loraplex.router.client_request` reads that and the rest of the client's side).
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from loraplex.router.client_request import (
+    ClientGone,
+    FormBodyIsJson,
+    cancel_on_disconnect,
+    user_token,
+    wants_to_wait,
+)
 from loraplex.router.forward import WorkerAnswer
 from loraplex.router.playground import add_playground_routes
 from loraplex.router.pools import PoolSource
@@ -49,21 +57,13 @@ from loraplex.router.service import CLIENT_CLOSED, GenerationCall
 from loraplex.router.settings import RouterSettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loraplex import __version__
-from loraplex.shared.contract import (
-    ErrorBody,
-    GenerationParameters,
-    Headers,
-    ImageFormat,
-    bearer_token,
-)
+from loraplex.shared.contract import ErrorBody, GenerationParameters, Headers, ImageFormat
 from loraplex.shared.edge import install_edge_guards
 from loraplex.shared.errors import BadRequest, LoraplexError
 from loraplex.shared.http_errors import install_handlers, status_of
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": why}
@@ -99,51 +99,6 @@ _HEADER_DOCS = [
 _IMAGE_CONTENT = {
     f.media_type: {"schema": {"type": "string", "format": "binary"}} for f in ImageFormat
 }
-
-
-def user_token(authorization: str | None) -> str | None:
-    """The user's Hub token from ``Authorization: Bearer …``; any other Authorization is a 400."""
-    if not authorization:
-        return None
-    token = bearer_token(authorization)
-    if token is None:
-        raise BadRequest("Authorization must be 'Bearer <Hub token>'")
-    return token
-
-
-def wants_to_wait(header: str | None, options: bool) -> bool:
-    if header is not None and header.strip().lower() in ("false", "0", "no"):
-        return False
-    return options
-
-
-class ClientGone(Exception):
-    """The client closed the connection; its upstream work was cancelled."""
-
-
-async def _cancel_when_gone(request: Request, task: asyncio.Task[Any], gone: list[bool]) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    gone.append(True)
-    task.cancel()
-
-
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` in this task; if the client disconnects first, cancel it (which closes
-    the upstream call) and raise :class:`ClientGone`. One watcher task per request: cheaper
-    than running ``work`` in a task of its own and waiting on both."""
-    current = asyncio.current_task()
-    assert current is not None
-    gone: list[bool] = []
-    watcher = asyncio.create_task(_cancel_when_gone(request, current, gone))
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if gone and current.uncancel() == 0:
-            raise ClientGone from None
-        raise
-    finally:
-        watcher.cancel()
 
 
 class ReplicaIds:
@@ -234,29 +189,6 @@ def create_app(
     return app
 
 
-class FormBodyIsJson:
-    """Read a POST body sent as ``application/x-www-form-urlencoded`` as JSON.
-
-    ``curl -d '{"inputs": …}'`` (the seed's documented call) sends that content type, and the
-    Hugging Face Inference API reads the body as JSON whatever its type; FastAPI would refuse
-    it. Every POST body of this API is JSON, so relabelling it is exact, not a guess.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            headers = [
-                (b"content-type", b"application/json")
-                if name == b"content-type" and value.startswith(b"application/x-www-form")
-                else (name, value)
-                for name, value in scope["headers"]
-            ]
-            scope = {**scope, "headers": headers}
-        await self.app(scope, receive, send)
-
-
 def _runtime(request: Request) -> RouterRuntime:
     return request.app.state.runtime
 
@@ -290,6 +222,11 @@ async def _serve(request: Request, call: GenerationCall) -> tuple[Route, WorkerA
 
 
 def _add_generation_routes(app: FastAPI) -> None:
+    _add_hf_route(app)
+    _add_openai_route(app)
+
+
+def _add_hf_route(app: FastAPI) -> None:
     @app.post(
         "/models/{model_id:path}",
         response_class=Response,
@@ -319,6 +256,8 @@ def _add_generation_routes(app: FastAPI) -> None:
             return served
         return answer_to_response(served[1], request.app.state.replica_ids)
 
+
+def _add_openai_route(app: FastAPI) -> None:
     @app.post(
         "/v1/images/generations",
         response_model=OpenAIImagesResponse,

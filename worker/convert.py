@@ -32,7 +32,7 @@ from loraplex.worker.lora_formats import (
     read_state_dict,
     text_encoder_part,
 )
-from loraplex.worker.slot import PackedAdapter, SlotLayout
+from loraplex.worker.slot_layout import PackedAdapter, SlotLayout
 from safetensors import SafetensorError, safe_open
 from torch import nn
 

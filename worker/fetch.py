@@ -34,6 +34,7 @@ downloaded). Downloads over 50 MiB log their progress and rate
 the base at INFO too unless stderr is a terminal (DEBUG then: whoever watches it has
 ``/readyz``, and ``loraplex up`` draws its own progress lines there).
 
+Disk tier (:mod:`loraplex.worker.hf_cache`): the HF cache's use record and LRU trim.
 Disk faults (:mod:`loraplex.worker.cache_files`): a full disk during a download answers 503
 with Retry-After, saying so, and leaves no partial file; a cached file cut short is removed and
 downloaded again, not refused. Hub errors map to domain errors in :mod:`loraplex.worker.hub_errors`.
@@ -49,8 +50,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,19 +59,18 @@ from huggingface_hub import (
     HfApi,
     get_token,
     hf_hub_download,
-    scan_cache_dir,
     snapshot_download,
     try_to_load_from_cache,
 )
-from huggingface_hub.errors import CacheNotFound
 from huggingface_hub.hf_api import RepoSibling
 from huggingface_hub.utils import filter_repo_objects
-from loraplex.worker.adapters import AdapterKey, DiskEntry, choose_weight_file, disk_evictions
+from loraplex.worker.adapters import AdapterKey, choose_weight_file
 from loraplex.worker.cache_files import disk_errors, drop_cached, incomplete_reason
+from loraplex.worker.hf_cache import HfCacheDisk
+from loraplex.worker.hf_cache import scan_hf_cache as scan_hf_cache  # re-export (old home)
 from loraplex.worker.hub_bars import BarSink, counting_bars
 from loraplex.worker.hub_errors import hub_errors
 from loraplex.worker.keyed_locks import KeyedLocks
-from loraplex.worker.load_costs import Scan
 from loraplex.worker.progress import LOGGED_DOWNLOAD_BYTES, DownloadLog, LoadProgress
 
 from loraplex.shared.contract import AdapterRef
@@ -137,13 +136,10 @@ class HubFetcher:
         self._grants = _Lru(MAX_ACCESS_GRANTS)
         self._restricted: dict[str, bool] = {}  # repo -> gated or private, as last listed
         self._files: dict[AdapterKey, WeightFile] = {}
-        self._used: dict[AdapterKey, float] = {}  # our own record: atime is often off (noatime)
         # Several threads call in (the device thread, prefetch's I/O threads: worker/prefetch.py):
-        # _lock guards the memories above, _trim_lock makes disk trims one at a time, and a repo
-        # with a download in progress is never trimmed (another thread is writing its blob).
+        # _lock guards the memories above; the disk tier has its own.
         self._lock = threading.Lock()
-        self._trim_lock = threading.Lock()
-        self._downloading: dict[str, int] = {}  # repo -> downloads in progress
+        self._disk = HfCacheDisk(self.cache_dir)
         self._gates = KeyedLocks()  # one Hub question at a time per (repo, revision|grant)
 
     def resolve(self, ref: AdapterRef, token: str | None) -> AdapterKey:
@@ -280,7 +276,7 @@ class HubFetcher:
             bars["tqdm_class"] = counting_bars(_sink(progress_log))
         what = f"adapter {weight.key}"
         with (
-            self._download_of(weight.key.repo_id),
+            self._disk.downloading(weight.key.repo_id),
             hub_errors(what, token),
             disk_errors(what, self.cache_dir, weight.key.repo_id),
         ):
@@ -300,44 +296,13 @@ class HubFetcher:
         if progress_log is not None:
             log.info("%s", progress_log.finished())
         self._check_size(weight, path.stat().st_size)
-        with self._lock:
-            self._used[weight.key] = time.time()
+        self._disk.used(weight.key)
         return path
-
-    @contextmanager
-    def _download_of(self, repo_id: str) -> Iterator[None]:
-        """Mark ``repo_id`` as downloading (protected from :meth:`trim_disk`) while it runs."""
-        with self._lock:
-            self._downloading[repo_id] = self._downloading.get(repo_id, 0) + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._downloading[repo_id] -= 1
-                if not self._downloading[repo_id]:
-                    del self._downloading[repo_id]
 
     def trim_disk(self, capacity_bytes: int, protected: frozenset[str]) -> list[AdapterKey]:
         """Delete least recently used adapter commits from the HF cache beyond the budget
         (never those of ``protected`` repos, nor of repos another thread is downloading)."""
-        with self._trim_lock:
-            info = scan_cache_dir(self.cache_dir)
-            with self._lock:
-                used = dict(self._used)
-                protected = protected | frozenset(self._downloading)
-            entries = []
-            for repo in info.repos:
-                for rev in repo.revisions:
-                    key = AdapterKey(repo.repo_id, rev.commit_hash)
-                    last = max(used.get(key, 0.0), repo.last_accessed)
-                    entries.append(DiskEntry(key, rev.size_on_disk, last))
-            evict = disk_evictions(entries, capacity_bytes, protected)
-            if evict:
-                info.delete_revisions(*(e.key.commit for e in evict)).execute()
-                with self._lock:
-                    for entry in evict:
-                        self._used.pop(entry.key, None)
-        return [e.key for e in evict]
+        return self._disk.trim(capacity_bytes, protected)
 
     def snapshot(
         self,
@@ -412,23 +377,3 @@ def _sink(
 def _base_level() -> int:
     """The base download's progress lines: DEBUG on a terminal (see the module docstring)."""
     return logging.DEBUG if sys.stderr.isatty() else logging.INFO
-
-
-def scan_hf_cache(cache_dir: Path | None, exclude: frozenset[str]) -> Scan:
-    """A :data:`~loraplex.worker.load_costs.Scan` of the HF cache's model repos (revisions as
-    ``repo@commit``), leaving out the repos in ``exclude`` (the base model). A missing cache
-    folder is an empty disk."""
-
-    def scan() -> list[tuple[str, float]]:
-        try:
-            info = scan_cache_dir(cache_dir)
-        except CacheNotFound:  # nothing downloaded yet
-            return []
-        return [
-            (f"{repo.repo_id}@{rev.commit_hash}", repo.last_accessed)
-            for repo in info.repos
-            if repo.repo_type == "model" and repo.repo_id not in exclude
-            for rev in repo.revisions
-        ]
-
-    return scan

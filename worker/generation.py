@@ -32,7 +32,8 @@ from loraplex.shared.errors import LoraplexError
 
 if TYPE_CHECKING:
     from loraplex.worker.adapters import AdapterKey
-    from loraplex.worker.pipeline import Engine, Switch
+    from loraplex.worker.pipeline import Engine
+    from loraplex.worker.switch import Switch
 
 
 @dataclass(frozen=True)

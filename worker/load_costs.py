@@ -6,7 +6,7 @@ the tier that replica holds the adapter in. Those prices come from here, through
 
 * :class:`LoadCosts` — an exponentially weighted moving average of the switch seconds per tier
   (resident, host, disk, hub) and of the seconds per generation, fed after every generation
-  from the :class:`~loraplex.worker.pipeline.Switch` the engine returns. Bytes-aware: a switch
+  from the :class:`~loraplex.worker.switch.Switch` the engine returns. Bytes-aware: a switch
   is stored as seconds per byte when the adapter's size is known, so one 400 MB adapter does
   not make every 20 MB one look slow; the estimate for a tier is then that rate times the mean
   adapter size seen there. Pure: no I/O, no clock.

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from loraplex.worker.slot import LoraSlot, PackedAdapter, PackedEntry, SlotLayout
+from loraplex.worker.slot import LoraSlot
+from loraplex.worker.slot_layout import PackedAdapter, PackedEntry, SlotLayout
 from torch import nn
 
 log = logging.getLogger(__name__)

@@ -6,11 +6,8 @@
 ``convert_file``, ``needs_load``, ``admit_host``; ``worker/prefetch.py``) are called from other
 threads; they take the lock that guards the cache structures where they touch them.
 
-Switch order (see ``adapters.py`` for the cache policy): active slot → resident → host → disk
-(HF cache, then convert) → Hub (download, then convert). Adapters that do not fit the slot use
-diffusers' ``load_lora_weights`` and are unloaded with ``unload_lora_weights`` when the next
-request needs something else (never fused: fuse/unfuse is not bit-exact). A base request turns
-the slot off, so its image is bit-exact with the pristine base.
+The switch itself (tier order, the slow tier, prefetch's half of a load) is
+:class:`~loraplex.worker.switch.AdapterSwitching` in ``switch.py``, which :class:`Engine` mixes in.
 
 Cancellation: :meth:`Engine.generate` takes the request's :class:`CancelToken` and checks it
 before the switch and after every denoising step (diffusers' ``callback_on_step_end``). Once it
@@ -29,18 +26,15 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property, partial
-from pathlib import Path
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
 from diffusers import DiffusionPipeline
-from loraplex.worker.adapters import AdapterCache, AdapterKey, Hit
+from loraplex.worker.adapters import AdapterCache, AdapterKey
 from loraplex.worker.batching import BatchItem, BatchKey, CallDefaults, batch_key
-from loraplex.worker.convert import Converted, SlowReason, convert
 from loraplex.worker.families import (
     call_parameters,
     check_servable,
@@ -56,33 +50,21 @@ from loraplex.worker.generation import (
     generate_batch,
 )
 from loraplex.worker.merge import MergeCosts, Merger, measure_costs, slot_modules
-from loraplex.worker.prefetch import Settled
 from loraplex.worker.progress import LoadProgress
 from loraplex.worker.queue import CancelToken
 from loraplex.worker.settings import WorkerSettings
-from loraplex.worker.slot import ATTENTION_TARGETS, LoraSlot, PackedAdapter, SlotLayout
+from loraplex.worker.slot import LoraSlot
+from loraplex.worker.slot_layout import ATTENTION_TARGETS, PackedAdapter, SlotLayout
 from loraplex.worker.slow_tier import SlowTier
+from loraplex.worker.switch import AdapterSwitching
 
-from loraplex.shared.contract import (
-    AdapterRef,
-    GenerateRequest,
-    SwitchTier,
-    check_pixel_budget,
-)
+from loraplex.shared.contract import GenerateRequest, check_pixel_budget
 
 if TYPE_CHECKING:
     from loraplex.worker.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 WARMUP_PROMPT = "warm-up"
-
-
-@dataclass(frozen=True)
-class Switch:
-    tier: SwitchTier
-    seconds: float
-    active: AdapterKey | None
-    slow_reason: SlowReason | None = None  # why a slow-tier adapter does not fit the slot
 
 
 @dataclass(frozen=True)
@@ -107,7 +89,7 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     return getattr(torch, setting)
 
 
-class Engine:
+class Engine(AdapterSwitching):
     """One base pipeline, its LoRA slot and the adapter cache; see the module docstring."""
 
     def __init__(
@@ -178,7 +160,7 @@ class Engine:
         log.info("loaded base %s@%s on %s (%s)", settings.base_model, commit, device, dtype)
         return cls(settings, pipe, fetcher, base_commit=commit)
 
-    # ------------------------------------------------------------------ adapters
+    # ------------------------------------------------------------------ the LoRA slot
 
     def _install_slot(self, settings: WorkerSettings) -> LoraSlot:
         targets = ATTENTION_TARGETS if settings.slot_modules == "attention" else None
@@ -202,130 +184,6 @@ class Engine:
             self.device,
         )
         return slot
-
-    def _to_device(self, host: PackedAdapter) -> PackedAdapter:
-        # On CPU the "device" is host memory: the resident tier shares the host tensor.
-        return host.to(self.device) if self.cuda else host
-
-    @staticmethod
-    def _nbytes(packed: PackedAdapter) -> int:
-        return packed.nbytes
-
-    def switch_to(
-        self, ref: AdapterRef | None, token: str | None = None, *, spill: bool = False
-    ) -> Switch:
-        """Make ``ref`` (or the bare base) active; returns the tier it came from and the time.
-        ``spill``: a fresh load is kept on probation (``AdapterCache.admit(keep=False)``)."""
-        started = time.perf_counter()
-        key = None if ref is None else self.fetcher.resolve(ref, token)
-        return self.switch_to_key(key, token, spill=spill, started=started)
-
-    def switch_to_key(
-        self,
-        key: AdapterKey | None,
-        token: str | None,
-        *,
-        spill: bool = False,
-        started: float | None = None,
-    ) -> Switch:
-        """:meth:`switch_to` for an adapter already resolved (and so authorized) for ``token``:
-        a batch resolves each member once, before it joins (generation.py)."""
-        started = time.perf_counter() if started is None else started
-        if key is None:
-            self._deactivate()
-            return Switch(SwitchTier.NONE, time.perf_counter() - started, None)
-        if key == self.active:
-            return Switch(SwitchTier.ACTIVE, time.perf_counter() - started, key)
-        lookup = partial(self._lookup, key)
-        # A prefetch in flight for the key is waited for, not downloaded again: then the switch
-        # counts under the tier the prefetch loaded from (see prefetch.Settled), else a host hit.
-        settled = self.prefetcher.settle(key, lookup) if self.prefetcher else Settled(lookup())
-        hit = settled.found
-        if hit is not None:
-            self._activate_slot(key, hit.value)
-            tier = settled.waited_from if settled.waited_from is not None else hit.tier
-            return Switch(tier, time.perf_counter() - started, key)
-        tier, reason = self._load_new(key, token, keep=not spill)
-        return Switch(tier, time.perf_counter() - started, key, reason)
-
-    def _lookup(self, key: AdapterKey) -> Hit[PackedAdapter] | None:
-        with self._lock:
-            return self.cache.lookup(key, self._nbytes)
-
-    def _load_new(
-        self, key: AdapterKey, token: str | None, *, keep: bool = True
-    ) -> tuple[SwitchTier, SlowReason | None]:
-        self._deactivate()  # a slow adapter's peft layers must not be in the model we convert for
-        known_slow = self._slow.known(key)
-        if known_slow is not None:
-            self._activate_slow(key, known_slow[0])
-            return SwitchTier.SLOW, known_slow[1]
-        path, tier = self.fetch_file(key, token)
-        converted = self.convert_file(path)
-        if converted.packed is None:
-            log.info("adapter %s takes the slow path: %s", key, converted.slow_reason)
-            self._slow.paths[key] = (path, converted.slow_reason)
-            self._activate_slow(key, path)
-            return SwitchTier.SLOW, converted.slow_reason
-        with self._lock:
-            value = self.cache.admit(key, converted.packed, converted.nbytes, keep=keep)
-        self._activate_slot(key, value)
-        return tier, None
-
-    # Download + convert: the half of a load that prefetch (worker/prefetch.py) also runs, on
-    # its I/O threads; thread-safe (the fetcher is; convert only reads the module tree).
-
-    def fetch_file(self, key: AdapterKey, token: str | None) -> tuple[Path, SwitchTier]:
-        """The adapter's local file: from the disk tier, else downloaded (then the disk trimmed)."""
-        weight = self.fetcher.weight_file(key, token)
-        path = self.fetcher.cached_path(weight)
-        if path is not None:
-            return path, SwitchTier.DISK
-        path = self.fetcher.download(weight, token)
-        protected = frozenset({self.settings.base_model, key.repo_id})
-        self.fetcher.trim_disk(self.settings.disk_cache_bytes, protected)
-        return path, SwitchTier.HUB
-
-    def convert_file(self, path: Path) -> Converted:
-        return convert(
-            type(self.pipe),
-            path,
-            self.components,
-            self.layout,
-            dtype=self.dtype,
-            pin_memory=self.cuda,
-        )
-
-    def needs_load(self, key: AdapterKey) -> bool:
-        """False when ``key`` is in memory (then touched: most recently used, so a prefetch
-        admitted for a later job does not evict it) or known to take the slow tier."""
-        with self._lock:
-            if self.cache.host.get(key) is not None or key in self.cache.resident:
-                return False
-        return key not in self._slow.paths
-
-    def admit_host(self, key: AdapterKey, packed: PackedAdapter, nbytes: int, keep: bool) -> None:
-        """Store a prefetched adapter in the host tier only (the device promotes it on use)."""
-        with self._lock:
-            self.cache.host.put(key, packed, nbytes, recent=keep)
-
-    def _activate_slot(self, key: AdapterKey, value: PackedAdapter) -> None:
-        self.merger.restore()  # a fused adapter's delta leaves the weights first
-        self._slow.unload()
-        self.slot.load(value)
-        self._sync()  # the copy is async: wait so switch_ms is the copy, not its launch
-        self.active = key
-
-    def _activate_slow(self, key: AdapterKey, path: Path) -> None:
-        self._deactivate()
-        self._slow.load(key, path)
-        self.active = key
-
-    def _deactivate(self) -> None:
-        self.merger.restore()
-        self.slot.deactivate()
-        self._slow.unload()
-        self.active = None
 
     # ------------------------------------------------------------------ generation
 
@@ -445,11 +303,6 @@ class Engine:
                 self.settings.warmup_steps,
                 sync=self._sync,
             )
-
-    def _sync(self) -> None:
-        """On CUDA, wait for the work queued on the device (no-op on CPU)."""
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
 
     def snapshot(self) -> CacheSnapshot:
         with self._lock:

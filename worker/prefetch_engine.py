@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from loraplex.worker.metrics import WorkerMetrics
     from loraplex.worker.pipeline import Engine
     from loraplex.worker.settings import WorkerSettings
-    from loraplex.worker.slot import PackedAdapter
+    from loraplex.worker.slot_layout import PackedAdapter
 
 
 class EngineLoader:
