@@ -37,12 +37,13 @@ Spills: the router marks a pick past the adapter's homes (``is_spill``, as it se
 tier (``AdapterCache.admit(keep=False)``). ``--host-policy tinylfu`` and ``--cold-spill-queue N``
 measure the alternatives (docs/placement.md has the table).
 
-Finding (defaults, seed 0, steady state): round-robin loads 5.2× as often as the default picker,
-whose wait (queue + switch) is 1.00× least-loaded's. ``affinity_over_optimal ≤ 1.3`` is not met:
-15.9× the ideal bound (12× a perfect partition through the same worker caches); the frontier
-trades it for wait — 6.5× at 1.26× the wait, 2.1× at 2.0× — because the bound needs disjoint,
-frequency-perfect caches and no spills, and without spills the fleet is 8 separate queues
-(docs/placement.md).
+Finding (defaults, seed 0, steady state): round-robin loads 5.6× as often as the default picker,
+whose wait (queue + switch) is 1.075× least-loaded's (seed 1: 1.034×) — both pickers read the
+running job's age (``running_seconds``), without which least-loaded waited longer than
+round-robin. ``affinity_over_optimal ≤ 1.3`` is not met: 14.7× the ideal bound (11× a perfect
+partition through the same worker caches); the frontier trades it for wait — 6.4× at 1.5× the
+wait, 3.4× at 1.9× — because the bound needs disjoint, frequency-perfect caches and no spills,
+and without spills the fleet is 8 separate queues (docs/placement.md).
 
 Run: ``python bench/placement.py [--requests N] [--warmup N] [--frontier 3,4,6]`` (the runs are
 independent and go side by side, one process each: ~2.5 minutes on 2 cores).
@@ -54,6 +55,7 @@ import argparse
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 from loraplex.router.homes import homes
@@ -107,6 +109,7 @@ class SimReplica:
         self.costs = LoadCosts()
         self.last_adapter: str | None = None
         self.free_at = 0.0
+        self.started_at = 0.0  # when the job on the device began (switch included)
         self.cold_loads = 0
         self.queued = 0.0  # seconds in the queue, counted requests
         self.switched = 0.0  # seconds of adapter switches, counted requests
@@ -127,6 +130,7 @@ class SimReplica:
                 self.switched += switch.seconds
                 self.cold_loads += switch.tier in COLD
             self.last_adapter = adapter
+            self.started_at = start
             self.free_at = start + switch.seconds + GENERATE_S
             self._view = None
 
@@ -135,7 +139,12 @@ class SimReplica:
         self._view = None
 
     def view(self, now: float) -> ReplicaView:
+        """What the router sees (as ``ReplicaState.view``), the running job's age included."""
         running = self.free_at > now
+        base = self._base_view(running)
+        return replace(base, running_seconds=now - self.started_at) if running else base
+
+    def _base_view(self, running: bool) -> ReplicaView:
         if self._view is not None and self._view[0] == running:
             return self._view[1]
         resident, host = self.adapters.names()

@@ -279,7 +279,7 @@ class Forwarder:
         if status == 200:
             replica = pool.replicas.get(endpoint)
             if replica is not None:
-                replica.observe_answer(resp.headers)
+                replica.observe_answer(resp.headers, pool.clock())
                 replica.backoff.answered()
         if buffer_whole(status, resp.content_length, self.buffer_limit_bytes):
             data = await resp.read()

@@ -78,6 +78,9 @@ class ReplicaView:
     disk_cached_adapters: frozenset[str] = frozenset()
     load_seconds: LoadSeconds = DEFAULT_LOAD_SECONDS
     pool: str = ""  # the base model the worker serves: hot-adapter shares are per pool
+    # Seconds the job on the device has been running (estimated now; 0 when idle or unknown):
+    # of two equal queues, the one whose job has run longer frees first.
+    running_seconds: float = 0.0
 
     def holding(self, adapter: str) -> str:
         """Where this replica holds ``adapter``: one of :data:`HOLDINGS`."""
@@ -139,9 +142,13 @@ class RoundRobinPicker:
 
 
 class LeastLoadedPicker:
-    """Least-loaded: the replica with the smallest ``queue_depth``; ties rotate round-robin.
+    """Least-loaded: the replica with the smallest ``queue_depth``; among those, the one whose
+    running job has run longest (``running_seconds``: it frees first); remaining ties rotate
+    round-robin.
 
     Ignores adapters entirely — best latency when switches are free, worst cache behaviour.
+    Without the running-time tie-break a busy fleet's equal queues were a coin toss, and
+    round-robin (which spreads arrivals evenly) waited less (bench/placement.py).
     """
 
     def __init__(self) -> None:
@@ -150,7 +157,9 @@ class LeastLoadedPicker:
     def pick(self, replicas: Sequence[ReplicaView], adapter: str | None) -> ReplicaView:
         _require(replicas)
         lowest = min(r.queue_depth for r in replicas)
-        return self._rotor.rotate([r for r in replicas if r.queue_depth == lowest])
+        shortest = [r for r in replicas if r.queue_depth == lowest]
+        longest = max(r.running_seconds for r in shortest)
+        return self._rotor.rotate([r for r in shortest if r.running_seconds == longest])
 
 
 class AdapterAffinityPicker:
@@ -209,9 +218,11 @@ class PlacementPicker:
        hot adapter), and its rendezvous ranking over the ready endpoints names them: the first
        ``k``. Every router computes the same ranking, and a replica joining or leaving moves
        only ~1/N of the homes.
-    2. **Bounded load.** Replicas *with room* have ``queue_depth`` below the pool's shortest
-       queue plus ``max_queue_per_replica`` (relative, as in :class:`AdapterAffinityPicker`): a
-       home that far behind is passed over.
+    2. **Bounded load.** Replicas *with room* are less than ``max_queue_per_replica`` requests
+       behind the least-loaded one, counted in expected work (:func:`queue_seconds` over the
+       replica's own seconds per generation, so a queue whose job is nearly done is not a whole
+       request behind; with no running job known it is queue depth, as in
+       :class:`AdapterAffinityPicker`): a home that far behind is passed over.
     3. **Homes win among cold ones.** If a home has room, the non-homes where ``a`` is cold
        (on disk or nowhere: a file read and a conversion) drop out, so a cold adapter is loaded
        where it lives, not on whichever replica happens to be idle — that is what makes the
@@ -220,7 +231,8 @@ class PlacementPicker:
     4. **Score** = expected switch seconds on that replica, by the tier it holds ``a`` in
        (active 0, resident, host, disk, none = Hub; priced from the load seconds the worker
        measured and exports in ``/v1/state``, :class:`LoadSeconds`) + expected queue wait
-       (``queue_depth`` × the worker's seconds per generation). The lowest score wins; ties go
+       (:func:`queue_seconds`: ``queue_depth`` × the worker's seconds per generation, less
+       what the running job has done). The lowest score wins; ties go
        by the ranking (homes first, then the adapter's next choices, so spill is consistent).
 
     ``cold_spill_queue`` (default: ``max_queue_per_replica``) widens step 3's test for cold
@@ -261,16 +273,23 @@ class PlacementPicker:
 
     def pick(self, replicas: Sequence[ReplicaView], adapter: str | None) -> ReplicaView:
         _require(replicas)
-        shortest = min(r.queue_depth for r in replicas)
-        bound = shortest + self.max_queue_per_replica
-        candidates = [r for r in replicas if r.queue_depth < bound]  # never empty: bound ≥ 1
+        work = {r.endpoint: queue_seconds(r) for r in replicas}
+        least = min(work.values())
+
+        def within(r: ReplicaView, requests: int) -> bool:
+            """Less than ``requests`` of its own generations behind the least-loaded replica:
+            a queue whose job is nearly done is not a whole request behind (with no running
+            job known this is queue depth)."""
+            slack = (requests - 1) * r.load_seconds.generate
+            return work[r.endpoint] <= least + slack + 1e-9  # float sums of equal depths
+
+        candidates = [r for r in replicas if within(r, self.max_queue_per_replica)]  # ≥ 1
         if adapter is None:
             return self._pick_base(candidates)
         share = self.hot.observe(replicas[0].pool, adapter)
         k = home_count(share, len(replicas), spread=self.hot_spread, max_homes=self.max_homes)
         rank = {e: i for i, e in enumerate(ranking(adapter, [r.endpoint for r in replicas]))}
-        home_bound = shortest + self.cold_spill_queue
-        at_home = [r for r in replicas if rank[r.endpoint] < k and r.queue_depth < home_bound]
+        at_home = [r for r in replicas if rank[r.endpoint] < k and within(r, self.cold_spill_queue)]
         if at_home:
             warm_elsewhere = [
                 r
@@ -298,10 +317,20 @@ class PlacementPicker:
         )
 
 
+def queue_seconds(replica: ReplicaView) -> float:
+    """Expected seconds until ``replica`` is through what it holds now: ``queue_depth``
+    generations, less what the running one has done (at most one generation's worth — a job
+    running longer than the average still has some left)."""
+    if replica.queue_depth == 0:
+        return 0.0
+    generate = replica.load_seconds.generate
+    done = min(replica.running_seconds, generate)
+    return max(0.0, replica.queue_depth * generate - done)
+
+
 def _score(replica: ReplicaView, adapter: str) -> float:
     """Expected seconds until ``adapter``'s request starts computing on ``replica``."""
-    costs = replica.load_seconds
-    return costs.switch(replica.holding(adapter)) + replica.queue_depth * costs.generate
+    return replica.load_seconds.switch(replica.holding(adapter)) + queue_seconds(replica)
 
 
 def is_spill(

@@ -133,7 +133,7 @@ class StatePoller:
                 )
                 replica.ready = False
             else:
-                replica.observe_state(state)
+                replica.observe_state(state, pool.clock())
                 note_failure(replica, state)
         pool.refresh()
 

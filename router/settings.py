@@ -97,7 +97,9 @@ class RouterSettings(EdgeSettings):
         2,
         ge=1,
         description="Affinity bound: a replica whose queue is this many requests longer than "
-        "the pool's shortest gets no request for its warm adapter — spreads a hot adapter.",
+        "the pool's shortest gets no request for its warm adapter — spreads a hot adapter. "
+        "The placement picker counts it in work: this many of the replica's own generations, "
+        "less what its running job has done (the worker's running_seconds).",
     )
     attempts: int = Field(
         3,

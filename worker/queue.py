@@ -228,10 +228,17 @@ class DeviceExecutor:
         self.completed = 0
         self.running: Job | None = None  # the (first) job on the device now
         self.running_batch: list[Job] = []  # every job of the run on the device now
+        self._running_since: float | None = None  # clock() when that run began
 
     @property
     def depth(self) -> int:
         return len(self.queue)
+
+    @property
+    def running_seconds(self) -> float:
+        """Seconds the run on the device has been going (0 when idle)."""
+        since = self._running_since
+        return 0.0 if since is None else max(0.0, self._clock() - since)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="device-executor")
@@ -328,10 +335,12 @@ class DeviceExecutor:
             self._last_group = batch[0].group
             self.in_flight = len(batch)
             self.running, self.running_batch = batch[0], batch
+            self._running_since = self._clock()
             try:
                 await self._run_on_device(batch, self.queue.waiting(batch[0].group))
             finally:
                 self.running, self.running_batch = None, []
+                self._running_since = None
                 self.in_flight = 0
                 self.completed += len(batch)
                 self._on_change()

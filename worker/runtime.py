@@ -141,6 +141,7 @@ class WorkerRuntime:
             queue_depth=executor.depth if executor else 0,
             queue_capacity=settings.queue_capacity,
             in_flight=executor.in_flight if executor else 0,
+            running_seconds=executor.running_seconds if executor else 0.0,
             active_adapter=snap.active if snap else None,
             resident_adapters=snap.resident if snap else [],
             host_cached_adapters=snap.host if snap else [],

@@ -210,6 +210,9 @@ class WorkerState(BaseModel):
     queue_depth: int = Field(ge=0)
     queue_capacity: int = Field(ge=0)
     in_flight: int = Field(default=0, ge=0)
+    # Seconds the job (batch) on the device has been running; 0 when idle. The router's
+    # pickers tell equal queues apart by it: the longer-running one frees first.
+    running_seconds: float = Field(default=0.0, ge=0)
     active_adapter: str | None = None  # "<repo>@<commit>"
     resident_adapters: list[str] = Field(default_factory=list)
     host_cached_adapters: list[str] = Field(default_factory=list)

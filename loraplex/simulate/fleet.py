@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import simpy
 
@@ -111,6 +111,7 @@ class Replica:
         self._view: ReplicaView | None = None
         self._on_ready = on_ready
         self._idle_since = env.now
+        self._running_since = env.now  # when the job running now began (valid while running)
         self._last_group: Hashable = None  # the worker's executor keeps the same
         self._wake: simpy.Event | None = None
         self.pool = pool
@@ -137,7 +138,14 @@ class Replica:
             self._on_ready(self)
 
     def view(self) -> ReplicaView:
-        """The router's view of this worker; cached until the worker's state changes."""
+        """The router's view of this worker (cached until the worker's state changes), with
+        the running job's age as the worker's ``/v1/state`` reports it."""
+        view = self._cached_view()
+        if not self.running:
+            return view
+        return replace(view, running_seconds=self.env.now - self._running_since)
+
+    def _cached_view(self) -> ReplicaView:
         if self._view is None:
             adapters = self.adapters
             if isinstance(adapters, WorkerAdapters):
@@ -184,6 +192,7 @@ class Replica:
     def _run(self, waiting: Waiting) -> Iterator[simpy.Event]:
         request = waiting.request
         self.running = 1
+        self._running_since = self.env.now
         switch = self.adapters.switch(request.adapter, spill=waiting.spill)
         self._view = None
         if switch.loaded:

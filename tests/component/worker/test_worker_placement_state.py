@@ -42,6 +42,7 @@ def test_state_reports_measured_load_seconds_and_the_disk_tier(worker: WorkerSer
     before = state()
     assert before.load_seconds == {} and before.disk_cached_adapters == []
     assert before.generate_seconds is None  # nothing served yet (the warm-up is not a request)
+    assert before.running_seconds == 0.0 and before.in_flight == 0  # idle: nothing running
     body = {"prompt": "a fox", "seed": 1, "adapter": {"repo_id": LORA_R4, "revision": "main"}}
     answer = httpx.post(f"{worker.url}/v1/generate", json=body, headers=worker.headers, timeout=60)
     assert answer.status_code == 200, answer.text

@@ -81,3 +81,31 @@ async def test_full_queue_and_stop() -> None:
     assert await blocked == 4  # the job in progress finishes and answers
     with pytest.raises(WarmingUp, match="shutting down"):
         await never_started
+
+
+async def test_running_seconds_count_from_the_start_of_the_run_and_reset_when_idle() -> None:
+    """What /v1/state reports as ``running_seconds`` (an injected clock, so no timing)."""
+    now = [100.0]
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(payload: int, cancel: object) -> int:
+        entered.set()
+        gate.wait(10)
+        return payload
+
+    executor = DeviceExecutor(
+        run, capacity=2, max_overtake=0, retry_after_s=1, clock=lambda: now[0]
+    )
+    executor.start()
+    try:
+        assert executor.running_seconds == 0.0
+        job = asyncio.create_task(executor.submit(None, 1, connected))
+        await asyncio.wait_for(asyncio.to_thread(entered.wait, 10), 15)
+        now[0] += 2.5
+        assert executor.running_seconds == 2.5
+        gate.set()
+        assert await job == 1
+        assert executor.running_seconds == 0.0
+    finally:
+        gate.set()
+        await executor.stop()
