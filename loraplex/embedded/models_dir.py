@@ -47,7 +47,15 @@ def scan_models_dir(root: Path) -> LocalRepos:
     for repo_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
         repo_id = f"{repo_dir.parent.name}/{repo_dir.name}"
         # A symlink out of DIR is not a repo here, as the local Hub does not serve it.
-        if repo_dir.parent.name.startswith(".") or not inside(root, repo_dir):
+        if repo_dir.parent.name.startswith("."):
+            continue
+        if not inside(root, repo_dir):
+            log.warning(
+                "skipping %s: it links out of %s, and the local Hub serves only files inside "
+                "it; copy the repo into the folder instead",
+                repo_dir,
+                root,
+            )
             continue
         try:
             validate_model_id(repo_id)

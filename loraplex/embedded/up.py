@@ -214,9 +214,8 @@ async def run(args: argparse.Namespace) -> int:
         unknown = sorted(set(bases) - set(repos.bases))
         if not bases or unknown:
             log.error(
-                "no base model %s in %s (a base is a folder with model_index.json); bases "
-                "there: %s",
-                ", ".join(unknown),
+                "no base model%s in %s (a base is a folder with model_index.json); bases there: %s",
+                "".join(f" {name}," for name in unknown).rstrip(","),
                 args.models,
                 ", ".join(repos.bases) or "none",
             )

@@ -245,14 +245,16 @@ def test_the_worker_never_tells_a_token_holder_to_send_a_token(
 
 
 def test_the_scan_lists_closed_repos_and_skips_links_out_of_the_folder(
-    models: Path, tmp_path: Path
+    models: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     outside = tmp_path / "outside"
     _lora(outside, "evil/lora")
     (models / "org" / "linked").symlink_to(outside / "evil" / "lora")
-    found = scan_models_dir(models)
+    with caplog.at_level(logging.WARNING, logger="loraplex.up"):
+        found = scan_models_dir(models)
     assert set(found.closed) == {"org/gated", "org/card-gated", "org/private", "org/both"}
     assert set(found.loras) == {"org/public"}  # closed ones are not offered in the banner
+    assert "org/linked: it links out of" in caplog.text and "copy the repo" in caplog.text
 
 
 def test_the_open_token_reaches_router_and_workers_and_no_log(
