@@ -60,13 +60,11 @@ from dataclasses import replace
 import numpy as np
 from loraplex.router.homes import homes
 from loraplex.router.pick import (
-    AdapterAffinityPicker,
-    LeastLoadedPicker,
+    STRATEGIES,
     LoadSeconds,
     Picker,
     PlacementPicker,
     ReplicaView,
-    RoundRobinPicker,
     is_spill,
 )
 from loraplex.worker.adapters import HOST_POLICIES, HostPolicy
@@ -247,13 +245,11 @@ def compulsory(adapters: np.ndarray, warmup: int) -> float:
 
 
 def _picker(label: str, cold_spill_queue: int | None) -> Picker:
-    if label == "round_robin":
-        return RoundRobinPicker()
-    if label == "least_loaded":
-        return LeastLoadedPicker()
-    if label == "resident_affinity":
-        return AdapterAffinityPicker()
-    return PlacementPicker(cold_spill_queue=cold_spill_queue)
+    """The router's strategy ``label`` as it builds it, with ``cold_spill_queue`` for ours."""
+    strategy = STRATEGIES[label]
+    if strategy is PlacementPicker:
+        return PlacementPicker(cold_spill_queue=cold_spill_queue)
+    return strategy()
 
 
 def _run(job: tuple[str, int | None, argparse.Namespace]) -> dict[str, float]:
@@ -285,7 +281,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    labels = ["round_robin", "least_loaded", "resident_affinity", "adapter_affinity"]
+    labels = list(STRATEGIES)  # round_robin, least_loaded, resident_affinity, adapter_affinity
     frontier_queues = [int(v) for v in args.frontier.split(",") if v.strip()]
     jobs = [(label, args.cold_spill_queue, args) for label in labels]
     jobs += [("adapter_affinity", queue, args) for queue in frontier_queues]

@@ -297,7 +297,8 @@ class PlacementPicker:
                 if rank[r.endpoint] >= k and r.holding(adapter) not in COLD_HOLDINGS
             ]
             candidates = at_home + warm_elsewhere
-        return min(candidates, key=lambda r: (_score(r, adapter), rank[r.endpoint]))
+        scored = ((_score(r, adapter, work[r.endpoint]), rank[r.endpoint], r) for r in candidates)
+        return min(scored, key=lambda entry: entry[:2])[2]
 
     def is_spill(
         self, replicas: Sequence[ReplicaView], adapter: str | None, chosen: ReplicaView
@@ -321,16 +322,15 @@ def queue_seconds(replica: ReplicaView) -> float:
     """Expected seconds until ``replica`` is through what it holds now: ``queue_depth``
     generations, less what the running one has done (at most one generation's worth — a job
     running longer than the average still has some left)."""
-    if replica.queue_depth == 0:
-        return 0.0
     generate = replica.load_seconds.generate
     done = min(replica.running_seconds, generate)
     return max(0.0, replica.queue_depth * generate - done)
 
 
-def _score(replica: ReplicaView, adapter: str) -> float:
-    """Expected seconds until ``adapter``'s request starts computing on ``replica``."""
-    return replica.load_seconds.switch(replica.holding(adapter)) + queue_seconds(replica)
+def _score(replica: ReplicaView, adapter: str, queued_s: float) -> float:
+    """Expected seconds until ``adapter``'s request starts computing on ``replica``, whose
+    queue takes ``queued_s`` (:func:`queue_seconds`)."""
+    return replica.load_seconds.switch(replica.holding(adapter)) + queued_s
 
 
 def is_spill(

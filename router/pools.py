@@ -47,13 +47,11 @@ class ReplicaState:
     base_model: str = ""  # as the worker reports it: the picker's pool key
     backoff: ReplicaBackoff = field(default_factory=ReplicaBackoff)
     failure: str | None = None  # why its base cannot be served, as the worker last said
-    # The running job's age as last known (poll or answer) and when that was (pool clock).
-    running_seconds: float = 0.0
-    running_known_at: float | None = None
+    # When the worker's running job began, by the pool's clock (from a poll or an answer).
+    running_since: float | None = None
 
     def view(self, now: float | None = None) -> ReplicaView:
-        """What the pickers see; ``now`` (the pool's clock) ages the running job's seconds
-        since they were learnt."""
+        """What the pickers see; ``now`` (the pool's clock) gives the running job's age."""
         others = max(0, self.polled_depth - self.own_at_poll)
         depth = self.own_inflight + others
         return ReplicaView(
@@ -65,14 +63,13 @@ class ReplicaState:
             disk_cached_adapters=self.disk_cached,
             load_seconds=self.load_seconds,
             pool=self.base_model,
-            running_seconds=self._running_now(now) if depth else 0.0,
+            running_seconds=self._running_for(now) if depth else 0.0,
         )
 
-    def _running_now(self, now: float | None) -> float:
-        if self.running_known_at is None:
+    def _running_for(self, now: float | None) -> float:
+        if self.running_since is None or now is None:
             return 0.0
-        aged = 0.0 if now is None else max(0.0, now - self.running_known_at)
-        return self.running_seconds + aged
+        return max(0.0, now - self.running_since)
 
     def observe_state(self, state: WorkerState, now: float | None = None) -> None:
         self.ready = state.ready
@@ -85,15 +82,13 @@ class ReplicaState:
         self.load_seconds = LoadSeconds.from_state(state.load_seconds, state.generate_seconds)
         self.base_model = state.base_model
         busy = state.in_flight > 0 and now is not None
-        self.running_seconds = state.running_seconds if busy else 0.0
-        self.running_known_at = now if busy else None
+        self.running_since = now - state.running_seconds if busy else None
 
     def observe_answer(self, headers: Mapping[str, str], now: float | None = None) -> None:
         """A worker answered: it is alive, and its headers say what is active now. Its run
         just ended, so the next job there (if any) starts about ``now``."""
         self.ready = True
-        self.running_seconds = 0.0
-        self.running_known_at = now
+        self.running_since = now
         active = headers.get(Headers.ACTIVE_ADAPTER)
         if active is not None:
             self.active_adapter = active or None

@@ -93,9 +93,7 @@ async def _warm(
             on_failed(runtime.load_error)
         return
     runtime.engine = engine
-    runtime.prefetcher = engine.prefetcher = engine_prefetcher(
-        engine, runtime.settings, runtime.metrics
-    )
+    engine.prefetcher = engine_prefetcher(engine, runtime.settings, runtime.metrics)
     runtime.ready = True
     runtime.progress.ready()
     log.info("worker ready in %.1f s", time.perf_counter() - started)

@@ -35,6 +35,13 @@ class Cancelled(Exception):
         self.started = started
         self.detail = detail
 
+    @classmethod
+    def in_batch(cls, reason: CancelReason, size: int) -> Cancelled:
+        """One member of a batch of ``size`` stopped while the batch ran on for the others."""
+        return cls(
+            reason, started=True, detail=f"while it ran in a batch of {size}; the others went on"
+        )
+
 
 class CancelToken:
     """One request's stop signal, shared by the event loop and the device thread.

@@ -67,7 +67,6 @@ from huggingface_hub.utils import filter_repo_objects
 from loraplex.worker.adapters import AdapterKey, choose_weight_file
 from loraplex.worker.cache_files import disk_errors, drop_cached, incomplete_reason
 from loraplex.worker.hf_cache import HfCacheDisk
-from loraplex.worker.hf_cache import scan_hf_cache as scan_hf_cache  # re-export (old home)
 from loraplex.worker.hub_bars import BarSink, counting_bars
 from loraplex.worker.hub_errors import hub_errors
 from loraplex.worker.keyed_locks import KeyedLocks

@@ -145,10 +145,9 @@ def answers(
 
 
 def cancelled(run: PipeRun, reason: CancelReason, size: int = 1) -> Cancelled:
-    if run.images is None:
-        detail = f"stopped after {run.steps_done} of {run.steps} denoising steps"
-    else:
-        detail = f"while it ran in a batch of {size}; the others went on"
+    if run.images is not None:
+        return Cancelled.in_batch(reason, size)
+    detail = f"stopped after {run.steps_done} of {run.steps} denoising steps"
     return Cancelled(reason, started=True, detail=detail)
 
 
@@ -169,9 +168,9 @@ def generate_batch(
                 calls.setdefault(_admit(engine, item), []).append(i)
             except (Cancelled, LoraplexError) as exc:
                 outcomes[i] = exc
-        for (key, _), members in calls.items():
+        for (key, shape), members in calls.items():
             batch = [items[i] for i in members]
-            results, switched = _run_call(engine, key, batch, spill, upcoming)
+            results, switched = _run_call(engine, key, shape, batch, spill, upcoming)
             ran = ran or switched
             for i, result in zip(members, results, strict=True):
                 outcomes[i] = result
@@ -197,6 +196,7 @@ def _admit(engine: Engine, item: BatchItem) -> tuple[AdapterKey | None, BatchKey
 def _run_call(
     engine: Engine,
     key: AdapterKey | None,
+    shape: BatchKey,
     items: Sequence[BatchItem],
     spill: bool,
     upcoming: int,
@@ -210,8 +210,7 @@ def _run_call(
     except Exception as exc:  # noqa: BLE001 - each item's answer, as a lone request's was
         engine.switch_to(None)
         return [exc] * len(items), False
-    steps = first.request.num_inference_steps or engine.settings.num_inference_steps
-    engine.prepare_run(steps * (len(items) + upcoming))
+    engine.prepare_run(shape.steps * (len(items) + upcoming))
     requests = [item.request for item in items]
     started = time.perf_counter()
     run = engine.call_pipeline(requests, [item.cancel for item in items], "pil")

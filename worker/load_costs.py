@@ -13,7 +13,7 @@ the tier that replica holds the adapter in. Those prices come from here, through
 * :class:`DiskListing` — the adapter commits in the HF cache (the disk tier), most recently
   used first, at most ``limit`` of them, re-read at most every ``ttl_s`` seconds (a scan
   stats every file). Pure: the scan and the clock are injected; the worker passes
-  :func:`loraplex.worker.fetch.scan_hf_cache` (the HF cache's I/O lives with the fetcher).
+  :func:`loraplex.worker.hf_cache.scan_hf_cache` (the HF cache as the disk tier).
 """
 
 from __future__ import annotations

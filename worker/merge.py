@@ -30,14 +30,13 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from loraplex.worker.slot import LoraSlot
 from loraplex.worker.slot_layout import PackedAdapter, PackedEntry, SlotLayout
-from torch import nn
 
 log = logging.getLogger(__name__)
 MergeMode = Literal["never", "auto", "always"]
@@ -99,15 +98,6 @@ def fold(weight: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, scale: float) 
     flat.copy_(merged)
 
 
-def slot_modules(components: Mapping[str, nn.Module], layout: SlotLayout) -> list[nn.Module]:
-    """The module of each layout entry (``<component>.<path>``), in layout order."""
-    out = []
-    for m in layout.modules:
-        prefix, path = m.name.split(".", 1)
-        out.append(components[prefix].get_submodule(path))
-    return out
-
-
 def full_slot_adapter(
     layout: SlotLayout, *, dtype: torch.dtype, device: torch.device
 ) -> PackedAdapter:
@@ -123,23 +113,20 @@ def full_slot_adapter(
 class Merger:
     """Folds the slot's current adapter into the weights and restores them (device thread)."""
 
-    def __init__(
-        self, slot: LoraSlot, modules: Sequence[nn.Module], *, pristine: PristineStore = "host"
-    ) -> None:
+    def __init__(self, slot: LoraSlot, *, pristine: PristineStore = "host") -> None:
         self.slot = slot
-        self.weights: list[torch.Tensor] = [mod.weight for mod in modules]
+        self.weights: list[torch.Tensor] = [mod.weight for mod in slot.modules]
         device = slot.buffer.device
         self._pin = pristine == "host" and device.type == "cuda"
         self._store = torch.device("cpu") if pristine == "host" else device
-        self._views = slot.layout.views(slot.buffer)
         self._pristine: dict[int, torch.Tensor] = {}
+        self.pristine_bytes = 0  # of those copies: they only grow
+        # The full slot's hook work (rank · (in + out) per module): hook_share's denominator.
+        widths = sum(m.in_features + m.out_features for m in slot.layout.modules)
+        self._full_hook_work = widths * slot.layout.rank
         self._dirty: list[int] = []  # modules whose weight holds a folded delta now
         self.fused: PackedAdapter | None = None
         self.fuses = 0
-
-    @property
-    def pristine_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._pristine.values())
 
     def weight_bytes(self, packed: PackedAdapter) -> int:
         return sum(self._nbytes(e.index) for e in packed.entries)
@@ -149,7 +136,7 @@ class Merger:
         if self.slot.static:
             return 1.0  # compiled mode: every hook computes at the full slot rank
         modules = self.slot.layout.modules
-        full = sum(m.in_features + m.out_features for m in modules) * self.slot.layout.rank
+        full = self._full_hook_work
         used = sum(e.rank * (modules[e.index].in_features + modules[e.index].out_features)
                    for e in packed.entries)  # fmt: skip
         return used / full if full else 0.0
@@ -230,7 +217,7 @@ class Merger:
         sync()
         started = time.perf_counter()
         for i in sample:
-            a, bt = self._views[i]
+            a, bt = self.slot.views[i]
             fold(self.weights[i], a, bt, 1.0)
         sync()
         fuse_s = time.perf_counter() - started
@@ -240,7 +227,7 @@ class Merger:
         return fuse_s / total, restore_s / total
 
     def _fold(self, e: PackedEntry) -> None:
-        a, bt = self._views[e.index]
+        a, bt = self.slot.views[e.index]
         fold(self.weights[e.index], a[: e.rank], bt[: e.rank], e.scale)
 
     def _save(self, indices: Sequence[int]) -> int:
@@ -261,6 +248,7 @@ class Merger:
                 self._pristine[i] = view.copy_(w.detach())
                 offset += w.numel()
             grown += n * flat.element_size()
+        self.pristine_bytes += grown
         return grown
 
     def _copy(self, weight: torch.Tensor) -> torch.Tensor:

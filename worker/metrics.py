@@ -6,6 +6,7 @@ process (tests, the embedded mode) without "duplicated timeseries" errors.
 
 from __future__ import annotations
 
+from loraplex.worker.prefetch import DEVICE_EVENTS
 from loraplex.worker.queue import CancelReason
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -113,7 +114,7 @@ class WorkerMetrics:
         self.merge_fuses = Counter(
             f"{PREFIX}merge_fuses", "Adapters folded into the base weights", registry=r
         )
-        for outcome in ("hit", "wait", "miss"):  # zero series (worker/prefetch.py's events)
+        for outcome in DEVICE_EVENTS:  # zero series
             self.prefetch_switches.labels(outcome=outcome)
         info = Gauge(f"{PREFIX}base_model_info", "Base model served", ["base_model"], registry=r)
         info.labels(base_model=base_model).set(1)

@@ -49,7 +49,7 @@ from loraplex.worker.generation import (
     cancelled,
     generate_batch,
 )
-from loraplex.worker.merge import MergeCosts, Merger, measure_costs, slot_modules
+from loraplex.worker.merge import MergeCosts, Merger, measure_costs
 from loraplex.worker.progress import LoadProgress
 from loraplex.worker.queue import CancelToken
 from loraplex.worker.settings import WorkerSettings
@@ -114,8 +114,7 @@ class Engine(AdapterSwitching):
         self.slot = self._install_slot(settings)
         self.layout = self.slot.layout
         # Fused serving (worker/merge.py): restored before anything else becomes active.
-        modules = slot_modules(self.components, self.layout)
-        self.merger = Merger(self.slot, modules, pristine=settings.merge_pristine)
+        self.merger = Merger(self.slot, pristine=settings.merge_pristine)
         self.merge_costs: MergeCosts | None = None  # measured by warm_up when MERGE=auto
         if settings.compile:
             # In place (nn.Module.compile): the pipeline keeps calling the same object. The

@@ -163,7 +163,6 @@ class Ticket:
 # Prefetch side: admitted, failed, dropped (nobody wanted it before it started), unwanted
 # (downloaded, then nobody wanted it: not converted), skipped (over the bounds), slow.
 DEVICE_EVENTS = ("hit", "wait", "miss")
-LOAD_EVENTS = ("admitted", "failed", "dropped", "unwanted", "skipped", "slow")
 
 
 class Prefetcher:

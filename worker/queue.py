@@ -227,7 +227,6 @@ class DeviceExecutor:
         self.in_flight = 0
         self.completed = 0
         self.running: Job | None = None  # the (first) job on the device now
-        self.running_batch: list[Job] = []  # every job of the run on the device now
         self._running_since: float | None = None  # clock() when that run began
 
     @property
@@ -306,8 +305,7 @@ class DeviceExecutor:
                 raise Cancelled(reason, started=False, detail="while it waited in the queue")
             if reason is not None and job.batch_size > 1:  # the batch goes on for the others
                 future.add_done_callback(_discard)
-                detail = f"while it ran in a batch of {job.batch_size}; the others went on"
-                raise Cancelled(reason, started=True, detail=detail)
+                raise Cancelled.in_batch(reason, job.batch_size)
             # Started alone: the run function sees the token at its next check and raises.
         return future.result()
 
@@ -334,12 +332,12 @@ class DeviceExecutor:
                 job.started = True
             self._last_group = batch[0].group
             self.in_flight = len(batch)
-            self.running, self.running_batch = batch[0], batch
+            self.running = batch[0]
             self._running_since = self._clock()
             try:
                 await self._run_on_device(batch, self.queue.waiting(batch[0].group))
             finally:
-                self.running, self.running_batch = None, []
+                self.running = None
                 self._running_since = None
                 self.in_flight = 0
                 self.completed += len(batch)

@@ -51,11 +51,15 @@ class WorkerRuntime:
     ready: bool = False
     load_error: str | None = None
     progress: LoadProgress = field(default_factory=LoadProgress)  # what /readyz says
-    prefetcher: Prefetcher | None = None  # built with the engine (worker/prefetch.py)
     # What /v1/state tells the router's placement: measured switch costs, the disk tier.
     load_costs: LoadCosts = field(init=False)
     disk: DiskListing = field(init=False)
     _fuses_counted: int = field(default=0, init=False, repr=False)  # merge_fuses exported so far
+
+    @property
+    def prefetcher(self) -> Prefetcher | None:
+        """The engine's prefetcher (worker/prefetch.py), once the engine is built."""
+        return self.engine.prefetcher if self.engine else None
 
     def __post_init__(self) -> None:
         settings = self.settings

@@ -84,12 +84,12 @@ class LoraSlot:
         self.scales = torch.zeros(len(layout.modules), dtype=torch.float32, device=device)
         self.active = False
         self.current: PackedAdapter | None = None
-        self._views = layout.views(self.buffer)
+        self.views = layout.views(self.buffer)
         self._copier = copier_for(device)
-        self._modules = [modules[m.name] for m in layout.modules]
+        self.modules = [modules[m.name] for m in layout.modules]
         self._hooks = [
             _SlotHook(self, m, a, bt, self.scales[i])
-            for i, (m, (a, bt)) in enumerate(zip(layout.modules, self._views, strict=True))
+            for i, (m, (a, bt)) in enumerate(zip(layout.modules, self.views, strict=True))
         ]
         self._handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
         if static:
@@ -157,7 +157,7 @@ class LoraSlot:
         for e in previous.entries:
             start = keep.get(e.index, 0)
             if start < e.rank:
-                a, bt = self._views[e.index]
+                a, bt = self.views[e.index]
                 stale += [a[start : e.rank], bt[start : e.rank]]
         if stale:
             torch._foreach_zero_(stale)
@@ -172,7 +172,7 @@ class LoraSlot:
         hook = self._hooks[index]
         hook.rank = rank
         if index not in self._handles:
-            self._handles[index] = self._modules[index].register_forward_hook(hook)
+            self._handles[index] = self.modules[index].register_forward_hook(hook)
 
     def _staging_for(self, packed: PackedAdapter) -> torch.Tensor:
         """The first ``packed``-size elements of the staging buffer (grown when too small)."""

@@ -73,7 +73,7 @@ def fused(run: Run) -> dict[str, Any]:
     assert slot is not None and a is not None and b is not None
     weights = [mod.weight for mod in run.modules().values()]
     saved = [w.clone() for w in weights]  # the independent check (device memory)
-    merger = Merger(slot, list(run.modules().values()), pristine="host")
+    merger = Merger(slot, pristine="host")
     slot.load(a)
     hooked = run.model(**run.inputs[0])[0].float()
     first_fuse_ms = run.timed(merger.fuse)  # also takes the pristine copy

@@ -12,23 +12,21 @@ warm-up); figures are medians. torch runs on one thread (on the 2 shared cores o
 thread makes the tiny pipeline ~10× slower, see tests/fixtures/worker.py); pass ``threads``.
 
 ``measure() -> {"images_per_s": {"one_at_a_time", "batched"}, "batch_speedup", "max_batch",
-"curve": {b: images/s}}``, batched = at ``max_batch`` (4). As a script: one JSON line.
+"curve": {b: images/s}}``, batched = at ``max_batch`` (4); run it alone with
+``python bench/worker_throughput.py --only batching``.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from loraplex.worker.adapters import PREFERRED_WEIGHT_FILE, AdapterKey
+from fixtures.folder_hub import UNPINNED_COMMIT, FolderFetcher
 from loraplex.worker.batching import BatchItem
-from loraplex.worker.fetch import HubFetcher, WeightFile
 from loraplex.worker.pipeline import Engine
 from loraplex.worker.settings import WorkerSettings
 
@@ -42,24 +40,6 @@ STEPS = 4
 REPO = "bench/lora-batching"
 
 
-class FolderFetcher(HubFetcher):
-    """The Hub replaced by ``root/<repo>/`` (see the module docstring): no network."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(cache_dir=None, max_adapter_bytes=2**40, branch_ttl_s=0)
-        self.root = root
-
-    def resolve(self, ref: AdapterRef, token: str | None) -> AdapterKey:
-        return AdapterKey(ref.repo_id, ref.revision)
-
-    def weight_file(self, key: AdapterKey, token: str | None) -> WeightFile:
-        path = self.root / key.repo_id / PREFERRED_WEIGHT_FILE
-        return WeightFile(key, PREFERRED_WEIGHT_FILE, path.stat().st_size)
-
-    def cached_path(self, weight: WeightFile) -> Path | None:
-        return self.root / weight.key.repo_id / weight.filename
-
-
 def save_adapter(pipe: object, root: Path) -> AdapterRef:
     gen = torch.Generator().manual_seed(0)
     layers = {}
@@ -68,7 +48,7 @@ def save_adapter(pipe: object, root: Path) -> AdapterRef:
             layers[f"{name}.lora_A.weight"] = torch.randn(8, module.in_features, generator=gen)
             layers[f"{name}.lora_B.weight"] = torch.randn(module.out_features, 8, generator=gen)
     type(pipe).save_lora_weights(root / REPO, unet_lora_layers=layers)
-    return AdapterRef(repo_id=REPO, revision="0" * 40)
+    return AdapterRef(repo_id=REPO, revision=UNPINNED_COMMIT)
 
 
 def build_engine(root: Path) -> tuple[Engine, AdapterRef]:
@@ -131,7 +111,3 @@ def measure(turns: int = 7, threads: int = 1) -> dict:
         "max_batch": MAX_BATCH,
         "curve": {size: round(rate[f"b{size}"], 2) for size in CURVE},
     }
-
-
-if __name__ == "__main__":
-    print(json.dumps(measure(*(int(a) for a in sys.argv[1:3]))))

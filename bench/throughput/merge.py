@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from loraplex.worker.merge import Merger, slot_modules
+from loraplex.worker.merge import Merger
 from loraplex.worker.slot import ATTENTION_TARGETS, LoraSlot, PackedAdapter, SlotLayout
 
 MB = 1e6
@@ -130,7 +130,7 @@ def measure(
     layout = SlotLayout.for_components({"unet": unet}, 32)
     names = {f"unet.{n}": m for n, m in unet.named_modules()}
     slot = LoraSlot(names, layout, dtype=dtype, device=dev)
-    merger = Merger(slot, slot_modules({"unet": unet}, layout), pristine="device")
+    merger = Merger(slot, pristine="device")
     every = {m.name for m in layout.modules}
     attention = {n for n in every if any(n.endswith("." + t) for t in ATTENTION_TARGETS)}
     a = random_adapter(layout, 32, every, 2, dtype)

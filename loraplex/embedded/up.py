@@ -215,7 +215,7 @@ async def run(args: argparse.Namespace) -> int:
         if not bases or unknown:
             log.error(
                 "no base model%s in %s (a base is a folder with model_index.json); bases there: %s",
-                "".join(f" {name}," for name in unknown).rstrip(","),
+                f" {', '.join(unknown)}" if unknown else "",
                 args.models,
                 ", ".join(repos.bases) or "none",
             )

@@ -35,12 +35,8 @@ def worker(hub_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wor
     with pytest.MonkeyPatch.context() as patch:
         point_client_at(patch, hub_server.url, cache)
         settings = tiny_worker_settings(cache / "hub", width=None, height=DEFAULT_HEIGHT)
-        server = WorkerServer(settings).start()
-        try:
-            server.wait_ready()
+        with WorkerServer.serving(settings) as server:
             yield server
-        finally:
-            server.stop()
 
 
 def post(worker: WorkerServer, body: dict[str, object], **headers: str | bytes) -> httpx.Response:

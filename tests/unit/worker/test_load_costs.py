@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from loraplex.worker.fetch import scan_hf_cache
+from loraplex.worker.hf_cache import scan_hf_cache
 from loraplex.worker.load_costs import DiskListing, LoadCosts
 
 

@@ -19,7 +19,6 @@ from loraplex.worker.merge import (
     estimate,
     measure_costs,
     should_fuse,
-    slot_modules,
 )
 from loraplex.worker.slot import LoraSlot, SlotLayout
 from torch import nn
@@ -55,7 +54,7 @@ def setup(static: bool = False, rank: int = 4):
     layout = SlotLayout.for_components(components, rank)
     named = {f"{p}.{n}": m for p, c in components.items() for n, m in c.named_modules()}
     slot = LoraSlot(named, layout, dtype=torch.float32, device=torch.device("cpu"), static=static)
-    merger = Merger(slot, slot_modules(components, layout))
+    merger = Merger(slot)
     return components, layout, slot, merger
 
 

@@ -127,12 +127,18 @@ def test_one_prefetch_per_commit_however_many_jobs_want_it(make) -> None:
     assert prefetcher.budget == type(prefetcher.budget)(2, 100, 100)  # nothing left counted
 
 
-def test_concurrency_bounds_the_downloads_in_flight(make) -> None:
+def a_downloading_b_queued(make) -> tuple[Prefetcher, FakeLoader]:
+    """One loader thread: o/a's download is running, o/b waits for the thread."""
     prefetcher, loader = make(concurrency=1)
     prefetcher.want(ref("o/a"), None)
     wait_until(lambda: loader.running("o/a"), "a's download")
     prefetcher.want(ref("o/b"), None)
     wait_until(lambda: prefetcher.state_of(key_of("o/b")) is State.PENDING, "b queued")
+    return prefetcher, loader
+
+
+def test_concurrency_bounds_the_downloads_in_flight(make) -> None:
+    prefetcher, loader = a_downloading_b_queued(make)
     assert prefetcher.budget.running == 1 and prefetcher.downloading_bytes == 10
     loader.open("o/a")
     wait_until(lambda: loader.running("o/b"), "b started once a finished")
@@ -218,11 +224,7 @@ def test_the_device_waits_for_a_prefetch_in_flight(make) -> None:
 
 
 def test_the_device_takes_over_a_prefetch_that_has_not_started(make) -> None:
-    prefetcher, loader = make(concurrency=1)
-    prefetcher.want(ref("o/a"), None)
-    wait_until(lambda: loader.running("o/a"), "a's download")
-    prefetcher.want(ref("o/b"), None)
-    wait_until(lambda: prefetcher.state_of(key_of("o/b")) is State.PENDING, "b queued")
+    prefetcher, loader = a_downloading_b_queued(make)
     assert settle(prefetcher, loader, "o/b") is None  # the device loads b itself
     assert prefetcher.events["miss"] == 1 and prefetcher.state_of(key_of("o/b")) is None
     late = Ticket(ref("o/b"), None)
