@@ -31,6 +31,11 @@ Keys (last line, JSON):
   is long enough to make it 0 (30,000 left 1 %, 3.3× the bound on its own).
 * ``frontier``: the default picker with ``cold_spill_queue`` raised (``--frontier``): loads
   against wait, each ``over_optimal`` and ``wait_over_least_loaded``.
+* ``oracle_frontier``: a static plan that *knows* each adapter's share (``--oracle``,
+  placement_sections/oracle.py: the top adapters copied within a budget, a load-balanced
+  assignment, spills past a busy holder), as a yardstick for the picker.
+* ``wait_lower_bound``: for loads within ``over_optimal`` × the bound, the least mean wait any
+  picker can have (placement_sections/bound.py), also ``over_least_loaded``.
 
 Spills: the router marks a pick past the adapter's homes (``is_spill``, as it sends
 ``x-loraplex-placement: spill``), and the worker keeps that fresh load on probation in its host
@@ -40,13 +45,16 @@ measure the alternatives (docs/placement.md has the table).
 Finding (defaults, seed 0, steady state): round-robin loads 5.6× as often as the default picker,
 whose wait (queue + switch) is 1.075× least-loaded's (seed 1: 1.034×) — both pickers read the
 running job's age (``running_seconds``), without which least-loaded waited longer than
-round-robin. ``affinity_over_optimal ≤ 1.3`` is not met: 14.7× the ideal bound (11× a perfect
-partition through the same worker caches); the frontier trades it for wait — 6.4× at 1.5× the
-wait, 3.4× at 1.9× — because the bound needs disjoint, frequency-perfect caches and no spills,
-and without spills the fleet is 8 separate queues (docs/placement.md).
+round-robin. ``affinity_over_optimal ≤ 1.3`` is not met (14.7×), and it cannot be met together
+with the wait goal by any picker: within 1.3× the bound's loads the fleet can afford 29 extra
+copies and 0.09 % spills, so 42.5 % of the requests wait at the one replica that holds their
+adapter, and ``wait_lower_bound`` puts the mean wait at ≥ 1.06 s, 1.46× least-loaded's. The
+picker's own frontier trades loads for wait (6.4× at 1.5× the wait, 3.4× at 1.9×) and beats
+the static oracle at every point measured (docs/placement.md).
 
-Run: ``python bench/placement.py [--requests N] [--warmup N] [--frontier 3,4,6]`` (the runs are
-independent and go side by side, one process each: ~2.5 minutes on 2 cores).
+Run: ``python bench/placement.py [--requests N] [--warmup N] [--frontier 3,4,6]
+[--oracle D:S:T,…]`` (the runs are independent and go side by side, one process each: ~3.5
+minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -71,6 +79,14 @@ from loraplex.worker.adapters import HOST_POLICIES, HostPolicy
 from loraplex.worker.load_costs import LoadCosts
 from loraplex.worker.queue import GroupingQueue, Job
 from loraplex.worker.settings import WorkerSettings
+from placement_sections.bound import wait_lower_bound
+from placement_sections.oracle import (
+    OraclePicker,
+    OraclePlan,
+    oracle_frontier,
+    oracle_picker,
+    oracle_plans,
+)
 
 from loraplex.simulate.adapters import WorkerAdapters
 from loraplex.simulate.config import TierBandwidth
@@ -174,8 +190,19 @@ def name(index: int) -> str:
     return f"org/lora-{index:04d}@" + "0" * 40
 
 
+def rank_of(adapter: str) -> int:
+    """The popularity rank (stream index) of an adapter :func:`name` made."""
+    return int(adapter.removeprefix("org/lora-")[:4])
+
+
+def shares() -> np.ndarray:
+    """Each adapter's share of the stream, by popularity rank (the Zipf law)."""
+    weights = np.arange(1, ADAPTERS + 1, dtype=float) ** -ZIPF_S
+    return weights / weights.sum()
+
+
 def simulate(
-    picker: Picker,
+    picker: Picker | OraclePicker,
     adapters: np.ndarray,
     arrivals: np.ndarray,
     warmup: int,
@@ -191,7 +218,11 @@ def simulate(
             replica.advance(now)
         views = [r.view(now) for r in replicas]
         chosen = picker.pick(views, adapter)
-        spill = is_spill(picker, views, adapter, chosen)  # the router's x-loraplex-placement
+        # the router's x-loraplex-placement (the oracle knows its own plan's holders)
+        if isinstance(picker, OraclePicker):
+            spill = picker.is_spill(views, adapter, chosen)
+        else:
+            spill = is_spill(picker, views, adapter, chosen)
         by_endpoint[chosen.endpoint].enqueue(now, adapter, counted=i >= warmup, spill=spill)
     for replica in replicas:
         replica.advance(float("inf"))
@@ -207,8 +238,7 @@ def simulate(
 def partitioned_optimal() -> float:
     """Loads per request if the fleet's host tiers held disjoint sets of the most popular
     adapters (8 × 300) forever: the popularity of the rest (the stream's own Zipf law)."""
-    weights = np.arange(1, ADAPTERS + 1, dtype=float) ** -ZIPF_S
-    return float(weights[REPLICAS * HOST_ADAPTERS :].sum() / weights.sum())
+    return float(shares()[REPLICAS * HOST_ADAPTERS :].sum())
 
 
 def partitioned_lru(
@@ -244,19 +274,26 @@ def compulsory(adapters: np.ndarray, warmup: int) -> float:
     return first / (len(adapters) - warmup)
 
 
-def _picker(label: str, cold_spill_queue: int | None) -> Picker:
-    """The router's strategy ``label`` as it builds it, with ``cold_spill_queue`` for ours."""
+Option = int | None | OraclePlan  # a PlacementPicker's cold_spill_queue, or the oracle's plan
+
+
+def _picker(label: str, option: Option) -> Picker | OraclePicker:
+    """The router's strategy ``label`` as it builds it, with ``cold_spill_queue`` for ours;
+    ``oracle``: the static plan of placement_sections/oracle.py."""
+    if isinstance(option, OraclePlan):
+        return oracle_picker(option, shares(), REPLICAS, HOST_ADAPTERS, rank_of)
+    cold_spill_queue = option
     strategy = STRATEGIES[label]
     if strategy is PlacementPicker:
         return PlacementPicker(cold_spill_queue=cold_spill_queue)
     return strategy()
 
 
-def _run(job: tuple[str, int | None, argparse.Namespace]) -> dict[str, float]:
+def _run(job: tuple[str, Option, argparse.Namespace]) -> dict[str, float]:
     """One strategy over the seed's stream (in a process of its own: they are independent)."""
-    label, cold_spill_queue, args = job
+    label, option, args = job
     adapters, arrivals = zipf_stream(args.warmup + args.requests, args.seed)
-    picker = _picker(label, cold_spill_queue)
+    picker = _picker(label, option)
     return simulate(picker, adapters, arrivals, args.warmup, args.host_policy)
 
 
@@ -276,6 +313,11 @@ def parse_args() -> argparse.Namespace:
         default="3,4,6",
         help="cold_spill_queue values for the loads-vs-wait frontier ('' for none)",
     )
+    parser.add_argument(
+        "--oracle",
+        default="100:8:1,100:8:2,30:8:1",
+        help="static oracle plans duplicates:spread:spill_after ('' for none)",
+    )
     return parser.parse_args()
 
 
@@ -283,10 +325,14 @@ def main() -> None:
     args = parse_args()
     labels = list(STRATEGIES)  # round_robin, least_loaded, resident_affinity, adapter_affinity
     frontier_queues = [int(v) for v in args.frontier.split(",") if v.strip()]
+    plans = oracle_plans(args.oracle)
+    jobs: list[tuple[str, Option, argparse.Namespace]]
     jobs = [(label, args.cold_spill_queue, args) for label in labels]
     jobs += [("adapter_affinity", queue, args) for queue in frontier_queues]
+    jobs += [("oracle", plan, args) for plan in plans]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         runs = list(pool.map(_run, jobs))
+    oracle_runs = runs[len(labels) + len(frontier_queues) :]
     results = dict(zip(labels, runs, strict=False))
     for label, result in results.items():
         print(
@@ -294,7 +340,29 @@ def main() -> None:
             f"mean wait {result['mean_wait']:.3f} s"
         )
     adapters, _ = zipf_stream(args.warmup + args.requests, args.seed)
-    print(json.dumps(summarise(args, results, runs[len(labels) :], frontier_queues, adapters)))
+    frontier_runs = runs[len(labels) : len(labels) + len(frontier_queues)]
+    summary = summarise(args, results, frontier_runs, frontier_queues, adapters)
+    summary["oracle_frontier"] = oracle_frontier(
+        plans, oracle_runs, partitioned_optimal(), results["least_loaded"]["mean_wait"]
+    )
+    summary["wait_lower_bound"] = [
+        lower_bound(x, results["least_loaded"]["mean_wait"]) for x in (1.3, 1.5, 2.0, 3.0)
+    ]
+    print(json.dumps(summary))
+
+
+def lower_bound(over_optimal: float, least_loaded_wait: float) -> dict[str, float]:
+    """placement_sections/bound.py: the least mean wait of any picker within ``over_optimal``
+    × ``partitioned_optimal``'s loads, also as a multiple of least-loaded's measured wait."""
+    bound = wait_lower_bound(
+        shares(),
+        REPLICAS,
+        HOST_ADAPTERS,
+        over_optimal,
+        utilisation=UTILISATION,
+        generate_s=GENERATE_S,
+    )
+    return {**bound, "over_least_loaded": round(bound["mean_wait_s"] / least_loaded_wait, 3)}
 
 
 def summarise(

@@ -1,0 +1,1 @@
+"""Parts of ``bench/placement.py`` (``make bench`` runs ``bench/*.py`` only, not these)."""
