@@ -41,6 +41,7 @@ from loraplex.router.client_request import (
     wants_to_wait,
 )
 from loraplex.router.forward import WorkerAnswer
+from loraplex.router.openai_errors import OpenAIErrors
 from loraplex.router.playground import add_playground_routes
 from loraplex.router.pools import PoolSource
 from loraplex.router.resolve import CardSource, Route
@@ -49,6 +50,7 @@ from loraplex.router.schemas import (
     HFTextToImageRequest,
     ModelCardOut,
     ModelList,
+    OpenAIErrorBody,
     OpenAIImage,
     OpenAIImageRequest,
     OpenAIImagesResponse,
@@ -65,22 +67,25 @@ from loraplex.shared.errors import BadRequest, LoraplexError
 from loraplex.shared.http_errors import install_handlers, status_of
 
 log = logging.getLogger(__name__)
+_ERROR_CASES = {
+    400: "invalid parameters or model id",
+    401: "gated or private repo and no token",
+    403: "token refused for this repo",
+    404: "no such model",
+    408: "request head or body did not arrive in time",
+    413: "request body over max_body_bytes",
+    415: "a cross-origin body that is not JSON",
+    422: "model exists but cannot be served here",
+    429: "queue full (Retry-After)",
+    502: "workers failed after retries",
+    503: "pool warming up (estimated_time, Retry-After)",
+    504: "deadline passed",
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": why}
-    for code, why in {
-        400: "invalid parameters or model id",
-        401: "gated or private repo and no token",
-        403: "token refused for this repo",
-        404: "no such model",
-        408: "request head or body did not arrive in time",
-        413: "request body over max_body_bytes",
-        415: "a cross-origin body that is not JSON",
-        422: "model exists but cannot be served here",
-        429: "queue full (Retry-After)",
-        502: "workers failed after retries",
-        503: "pool warming up (estimated_time, Retry-After)",
-        504: "deadline passed",
-    }.items()
+    code: {"model": ErrorBody, "description": why} for code, why in _ERROR_CASES.items()
+}
+_OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OpenAIErrorBody, "description": why} for code, why in _ERROR_CASES.items()
 }
 _HEADER_DOCS = [
     {
@@ -186,6 +191,7 @@ def create_app(
     add_playground_routes(app, enabled=settings.playground)
     # Last, so it runs first: Host/Origin/size checks before any body is read or relabelled.
     install_edge_guards(app, settings)
+    app.add_middleware(OpenAIErrors)  # outermost: it reshapes the edge guard's refusals too
     return app
 
 
@@ -261,7 +267,7 @@ def _add_openai_route(app: FastAPI) -> None:
     @app.post(
         "/v1/images/generations",
         response_model=OpenAIImagesResponse,
-        responses=_ERRORS,
+        responses=_OPENAI_ERRORS,
         summary="OpenAI images API: generations",
         openapi_extra={"parameters": _HEADER_DOCS[1:]},
     )

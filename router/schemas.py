@@ -63,6 +63,22 @@ class OpenAIImageRequest(BaseModel):
         )
 
 
+class OpenAIError(BaseModel):
+    """OpenAI's error object: ``message`` is what went wrong and what to do."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """An error answer of the OpenAI route (``router/openai_errors.py``), which its SDK shows."""
+
+    error: OpenAIError
+    estimated_time: float | None = None
+
+
 class OpenAIImage(BaseModel):
     b64_json: str | None = None
     url: str | None = None

@@ -7,7 +7,9 @@ must count an answer before it is sent (:func:`status_of`); the pure cores raise
 Every answer that is not a success has the one shape ``{"error": "<what and what to do>"}``:
 domain errors, request validation (400, also for a body that is not JSON), the framework's
 own 404/405 (no such path or method) and an unexpected failure (500, no traceback: that goes
-to the log). The edge guard's refusals (:mod:`loraplex.shared.edge`) have it too.
+to the log). The edge guard's refusals (:mod:`loraplex.shared.edge`) have it too. (The router's
+OpenAI route restates the same text in OpenAI's error object on the way out:
+``loraplex/router/openai_errors.py``.)
 """
 
 from __future__ import annotations

@@ -163,7 +163,7 @@ async def test_a_non_ascii_token_is_a_counted_400(router: Router) -> None:
     openai = await router.client.post(
         "/v1/images/generations", json={"model": "u/style", "prompt": "a fox"}, headers=bad
     )
-    assert openai.status_code == 400 and "visible ASCII" in openai.json()["error"]
+    assert openai.status_code == 400 and "visible ASCII" in openai.json()["error"]["message"]
     assert await router.counted("400") == before + 2
     assert router.worker.seen == []
 
