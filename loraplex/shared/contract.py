@@ -176,7 +176,9 @@ class GenerationParameters(BaseModel):
     width: Side | None = None
     height: Side | None = None
     num_inference_steps: int | None = Field(default=None, ge=Limits.MIN_STEPS, le=Limits.MAX_STEPS)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=Limits.MAX_GUIDANCE)
+    guidance_scale: float | None = Field(
+        default=None, ge=0.0, le=Limits.MAX_GUIDANCE, allow_inf_nan=False
+    )
     seed: int | None = Field(default=None, ge=0, le=Limits.MAX_SEED)
 
     @model_validator(mode="after")

@@ -31,6 +31,13 @@ def test_out_of_range_parameters_name_the_field(field: str, value: object) -> No
     assert field in {str(loc) for err in info.value.errors() for loc in err["loc"]}
 
 
+def test_a_guidance_that_is_not_a_finite_number_says_so() -> None:
+    """JSON parsers accept NaN and Infinity; the answer must not talk of the 0–50 range."""
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="finite number"):
+            GenerateRequest(prompt="a", guidance_scale=value)
+
+
 def test_pixel_budget_is_checked_on_the_product() -> None:
     side = Limits.MAX_SIDE
     with pytest.raises(ValidationError, match="budget"):
