@@ -49,7 +49,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -118,6 +118,15 @@ def router_spec(
         argv += ["--models-dir", str(args.models)]
     ready_url = f"http://{url_host(args.host)}:{args.port}/readyz"
     return ChildSpec(name="router", argv=argv, env=env, ready_url=ready_url)
+
+
+def banner_example(
+    loras: Mapping[str, Sequence[str]], bases: Sequence[str]
+) -> tuple[str, str | None]:
+    """The base and LoRA the banner's copy-paste requests use: the first LoRA of a served base,
+    with that base (the ``lora`` header form is refused with any other), else the first base."""
+    pairs = ((base, lora) for lora, of in loras.items() for base in bases if base in of)
+    return next(pairs, (bases[0], None))
 
 
 def usage_lines(url: str, base: str, lora: str | None) -> list[str]:
@@ -207,7 +216,8 @@ async def run(args: argparse.Namespace) -> int:
     env = child_env(args)
     hub_server: uvicorn.Server | None = None
     if args.hub:
-        bases, example_lora = tuple(args.base_model), None
+        bases = tuple(args.base_model)
+        example: tuple[str, str | None] = (bases[0], None)
     else:
         repos = scan_models_dir(args.models)
         bases = tuple(args.base_model) or repos.bases
@@ -220,14 +230,11 @@ async def run(args: argparse.Namespace) -> int:
                 ", ".join(repos.bases) or "none",
             )
             return 2
-        example_lora = next(
-            (lora for lora, lora_bases in repos.loras.items() if set(lora_bases) & set(bases)),
-            None,
-        )
+        example = banner_example(repos.loras, bases)
         token = local_hub_token(args.models, repos, env)
         hub_server, env["HF_ENDPOINT"] = await start_local_hub(args.models, token)
     try:
-        return await serve(args, bases, example_lora, env)
+        return await serve(args, bases, example, env)
     finally:
         if hub_server is not None:
             hub_server.should_exit = True
@@ -297,8 +304,13 @@ async def start_local_hub(root: Path, token: str | None = None) -> tuple[uvicorn
 
 
 async def serve(
-    args: argparse.Namespace, bases: Sequence[str], example_lora: str | None, env: dict[str, str]
+    args: argparse.Namespace,
+    bases: Sequence[str],
+    example: tuple[str, str | None],
+    env: dict[str, str],
 ) -> int:
+    """Supervise the workers of ``bases`` and the router until stopped; ``example``: the base
+    and LoRA (of that base) the banner's copy-paste requests use."""
     worker_args = ["--log-level", args.log_level.lower()]
     worker_args += ["--log-json"] if args.log_json else []
     workers = worker_specs(bases, args.replicas, env, worker_args)
@@ -321,9 +333,7 @@ async def serve(
         if failure is not None:
             log.error("%s; stopping", failure)
             return 1
-        for line in usage_lines(
-            f"http://{url_host(args.host)}:{args.port}", bases[0], example_lora
-        ):
+        for line in usage_lines(f"http://{url_host(args.host)}:{args.port}", *example):
             print(line, flush=True)
         await asyncio.wait({stopped, given_up}, return_when=asyncio.FIRST_COMPLETED)
         if given_up.done():

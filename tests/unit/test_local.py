@@ -17,6 +17,7 @@ from loraplex.embedded.console import ConsoleView
 from loraplex.embedded.models_dir import scan_models_dir
 from loraplex.embedded.supervise import ProbeAnswer, Supervisor
 from loraplex.embedded.up import (
+    banner_example,
     build_parser,
     check_args,
     check_port_free,
@@ -114,6 +115,15 @@ def test_banner_has_copy_paste_requests() -> None:
     assert "lora" not in "\n".join(usage_lines("http://h:1", "org/base", None)).replace(
         "loraplex", ""
     )
+
+
+def test_the_banner_pairs_a_lora_with_its_own_base() -> None:
+    """The first base (sorted) may have no LoRA; the ``lora`` header line must still name a
+    LoRA *of* the base it is sent to, or the copy-paste request is a 422."""
+    loras = {"o/sd-style": ("o/sd",), "o/xl-style": ("o/other", "o/xl")}
+    assert banner_example(loras, ("o/flux", "o/sd", "o/xl")) == ("o/sd", "o/sd-style")
+    assert banner_example(loras, ("o/flux", "o/xl")) == ("o/xl", "o/xl-style")
+    assert banner_example(loras, ("o/flux",)) == ("o/flux", None)
 
 
 def test_worker_specs_one_process_per_replica_with_shared_cpu_threads() -> None:
