@@ -49,11 +49,12 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
 
+from loraplex.embedded.banner import banner_example, usage_lines, worker_metrics_urls
 from loraplex.embedded.console import ConsoleView, pool_view, readiness_of
 from loraplex.embedded.models_dir import LocalRepos, scan_models_dir
 from loraplex.embedded.ports import check_port_free, free_port, url_host
@@ -118,35 +119,6 @@ def router_spec(
         argv += ["--models-dir", str(args.models)]
     ready_url = f"http://{url_host(args.host)}:{args.port}/readyz"
     return ChildSpec(name="router", argv=argv, env=env, ready_url=ready_url)
-
-
-def banner_example(
-    loras: Mapping[str, Sequence[str]], bases: Sequence[str]
-) -> tuple[str, str | None]:
-    """The base and LoRA the banner's copy-paste requests use: the first LoRA of a served base,
-    with that base (the ``lora`` header form is refused with any other), else the first base."""
-    pairs = ((base, lora) for lora, of in loras.items() for base in bases if base in of)
-    return next(pairs, (bases[0], None))
-
-
-def usage_lines(url: str, base: str, lora: str | None) -> list[str]:
-    """What we print once ready: the playground's URL first, then copy-paste requests."""
-    body = '-d \'{"inputs": "a red fox"}\''
-    lines = [
-        f"loraplex is serving on {url}/  (open it in a browser: the playground)",
-        f"  base:  curl -s {url}/models/{base} {body} -o base.png",
-    ]
-    if lora:
-        lines.append(f"  LoRA:  curl -s {url}/models/{lora} {body} -o lora.png")
-        seed_form = f"curl -s -H 'lora: {lora}' {url}/models/{base} {body} -o lora2.png"
-        lines.append(f"  seed's form: {seed_form}")
-    client = f'InferenceClient(base_url="{url}/models/{lora or base}")'
-    lines += [
-        "  Python: from huggingface_hub import InferenceClient",
-        f'          {client}.text_to_image("a red fox").save("fox.png")',
-        f"  metrics: {url}/metrics   models: {url}/v1/models   (Ctrl-C stops)",
-    ]
-    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,7 +305,8 @@ async def serve(
         if failure is not None:
             log.error("%s; stopping", failure)
             return 1
-        for line in usage_lines(f"http://{url_host(args.host)}:{args.port}", *example):
+        url = f"http://{url_host(args.host)}:{args.port}"
+        for line in usage_lines(url, *example, worker_metrics_urls(workers)):
             print(line, flush=True)
         await asyncio.wait({stopped, given_up}, return_when=asyncio.FIRST_COMPLETED)
         if given_up.done():

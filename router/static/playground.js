@@ -3,8 +3,10 @@
 // It lists GET v1/models (bases and their recent public adapters), posts the form to
 // POST models/{id} with a same-origin fetch (the router's Origin check passes as for any
 // same-origin page) and shows the image, what the x-loraplex-* headers say happened, or the
-// API's {"error"} message with Retry-After. URLs are relative so the page also works behind
-// an Ingress path prefix. No dependencies, no build step.
+// API's {"error"} message with Retry-After. Cancel aborts the fetch: the browser closes the
+// connection and the router cancels the generation on the worker (queued or running). URLs
+// are relative so the page also works behind an Ingress path prefix. No dependencies, no
+// build step.
 "use strict";
 
 // Response headers worth showing, in order: [header, label, unit].
@@ -35,10 +37,15 @@ const PARAMETERS = [
   ["seed", "seed"],
 ];
 const NUMBER = /^-?\d+(\.\d+)?([eE][-+]?\d+)?$/;
+// A Hub repo id as the router accepts it ("name" or "org/name"). Checked here because the
+// browser resolves "." and ".." segments of a URL before sending it: "../x" would reach
+// another path and answer "no such endpoint" instead of saying what is wrong with the id.
+const MODEL_ID = /^[A-Za-z0-9][\w.-]*(\/[A-Za-z0-9][\w.-]*)?$/;
 
 const $ = (id) => document.getElementById(id);
 let models = []; // the last GET v1/models list
 let imageUrl = null; // the blob: URL on show, revoked when replaced
+let running = null; // the AbortController of the generation in flight
 const MODELS_URL = "v1/models";
 
 function generateUrl(modelId) {
@@ -134,8 +141,18 @@ async function generate(event) {
   const modelId = targetModel();
   if (!modelId) {
     showError("No model", "Choose a base model, or type a model id.");
+    countFinished();
     return;
   }
+  if (!MODEL_ID.test(modelId) || modelId.includes("..")) {
+    showError(
+      "Not a model id",
+      `'${modelId}' is not a Hub repo id: type 'org/name' (letters, digits, '-', '_' and '.').`,
+    );
+    countFinished();
+    return;
+  }
+  running = new AbortController();
   setBusy(true, modelId);
   const started = performance.now();
   try {
@@ -143,6 +160,7 @@ async function generate(event) {
       method: "POST",
       headers: { "content-type": "application/json", accept: $("format").value },
       body: requestBody(),
+      signal: running.signal,
     });
     const elapsedMs = performance.now() - started;
     if (response.ok) {
@@ -153,13 +171,22 @@ async function generate(event) {
       showFacts(response, modelId, elapsedMs);
     }
   } catch (error) {
-    showError("Cannot reach the router", String(error));
+    if (error.name === "AbortError") {
+      showCancelled(modelId, performance.now() - started);
+    } else {
+      showError("Cannot reach the router", String(error));
+    }
   } finally {
+    running = null;
     setBusy(false);
-    // For scripts that drive the page (the browser test): how many requests have finished.
-    document.body.dataset.finished = String(Number(document.body.dataset.finished || 0) + 1);
+    countFinished();
     loadModels(); // the adapter list now includes what was just served
   }
+}
+
+// For scripts that drive the page (the browser test): how many Generate presses have ended.
+function countFinished() {
+  document.body.dataset.finished = String(Number(document.body.dataset.finished || 0) + 1);
 }
 
 // The API's {"error"} message (plus Retry-After and estimated_time), or what a non-JSON
@@ -247,9 +274,24 @@ function showError(title, message) {
   setStatus("The request failed.");
 }
 
+function showCancelled(modelId, elapsedMs) {
+  $("error").hidden = true;
+  $("figure").hidden = true;
+  $("facts").hidden = true;
+  document.body.dataset.outcome = "cancelled";
+  setStatus(`Cancelled after ${formatMs(elapsedMs)}: the router stopped ${modelId}'s generation.`);
+}
+
+function cancel() {
+  if (running) {
+    running.abort();
+  }
+}
+
 function setBusy(on, modelId) {
   $("generate").disabled = on;
   $("generate").textContent = on ? "Generating…" : "Generate";
+  $("cancel").hidden = !on;
   if (on) {
     $("error").hidden = true;
     setStatus(`Generating with ${modelId}…`);
@@ -270,6 +312,7 @@ function formatBytes(bytes) {
 
 function start() {
   $("form").addEventListener("submit", generate);
+  $("cancel").addEventListener("click", cancel);
   $("base").addEventListener("change", fillAdapters);
   $("adapter").addEventListener("change", showTarget);
   $("model-id").addEventListener("input", showTarget);

@@ -8,13 +8,16 @@ the command that installs them: skipping would let CI pass without ever opening 
 
 The page must show a decoded image for a LoRA whose pixels differ from the base's at the same
 seed (read through a canvas from the page's own <img>), the timings from the answer's headers,
-and the API's own ``{"error"}`` message for a bad request; with no Content-Security-Policy
-violation in the browser's log. Screenshots go to the test's tmp_path (paths printed).
+and the API's own ``{"error"}`` message for a bad request; Cancel must stop a running
+generation on the worker (its ``cancelled_total``, read from the metrics URL the banner
+lists); with no Content-Security-Policy violation in the browser's log. Screenshots go to
+the test's tmp_path (paths printed).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from e2e.test_embedded_stack import PARAMS, Stack, pixels, running_stack
+from e2e.test_embedded_stack import PARAMS, Stack, pixels, running_stack, wait_until
 from fixtures.models import DemoModels
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -34,6 +37,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from loraplex.demo.models import TINY_SD
+from loraplex.shared.contract import Limits
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -145,6 +149,10 @@ class Page:
             box.clear()
             box.send_keys(str(value))
 
+    def finished(self) -> int:
+        """How many generations the page has finished (it counts them for scripts)."""
+        return int(self.js("return Number(document.body.dataset.finished || 0)"))
+
     def generate(self) -> str:
         """Press Generate and wait for the answer; its outcome, ``image`` or ``error``."""
         finished = int(self.js("return Number(document.body.dataset.finished || 0)"))
@@ -238,3 +246,54 @@ def test_error_shows_the_api_message(
     assert api.json()["error"] in shown, shown
     page.screenshot(tmp_path / f"playground-error-{status}.png")
     assert page.csp_violations() == []
+
+
+def _metric(url: str, pattern: str) -> float:
+    """The sum of the samples of ``url``'s Prometheus text whose line matches ``pattern``."""
+    text = httpx.get(url, timeout=10).text
+    return sum(float(m.group(1)) for m in re.finditer(pattern + r"\S* ([0-9.e+-]+)$", text, re.M))
+
+
+def test_cancel_stops_the_running_generation_on_the_worker(
+    stack: Stack, browser: WebDriver, tmp_path: Path
+) -> None:
+    """Cancel aborts the page's fetch: the browser closes the connection, the router cancels
+    the job, and the worker stops it at its next denoising step (counted client_gone) — long
+    before its 150 steps at 128×128 (~25 s on 2 cores) would be done."""
+    metrics = next(
+        line.split()[-1] for line in stack.output if line.startswith("  worker metrics: ")
+    )
+    cancelled = r'^loraplex_worker_cancelled_total\{reason="client_gone"'
+    before = _metric(metrics, cancelled)
+    page = Page(browser, stack.url)
+    page.fill(model_id=TINY_SD, width=128, height=128, steps=Limits.MAX_STEPS, seed=3)
+    finished = page.finished()
+    page.element("generate").click()
+    wait_until(
+        lambda: _metric(metrics, r"^loraplex_worker_in_flight") >= 1,
+        60,
+        "the worker to start the generation",
+    )
+    assert page.element("cancel").is_displayed()
+    page.element("cancel").click()
+    page.wait.until(lambda _: page.finished() > finished)
+    assert page.js("return document.body.dataset.outcome") == "cancelled"
+    assert page.visible_text("status").startswith("Cancelled after"), page.visible_text("status")
+    assert not page.element("cancel").is_displayed()
+    wait_until(lambda: _metric(metrics, cancelled) > before, 20, "the worker to stop the job")
+    assert _metric(metrics, r"^loraplex_worker_in_flight") == 0
+    page.screenshot(tmp_path / "playground-cancelled.png")
+    page.fill(width=64, height=64, steps=2)
+    assert page.generate() == "image", page.visible_text("error")
+    assert page.csp_violations() == []
+
+
+def test_a_typed_id_that_is_a_path_is_refused_on_the_page(
+    stack: Stack, browser: WebDriver
+) -> None:
+    """The browser would resolve ``..`` before sending; the page says what is wrong instead."""
+    page = Page(browser, stack.url)
+    page.fill(model_id="../../etc")
+    assert page.generate() == "error"
+    shown = page.visible_text("error")
+    assert "Not a model id" in shown and "'org/name'" in shown, shown

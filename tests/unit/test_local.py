@@ -13,11 +13,11 @@ import pytest
 from loraplex.router.cards import LocalCardSource
 from loraplex.router.resolve import classify
 
+from loraplex.embedded.banner import banner_example, usage_lines, worker_metrics_urls
 from loraplex.embedded.console import ConsoleView
 from loraplex.embedded.models_dir import scan_models_dir
 from loraplex.embedded.supervise import ProbeAnswer, Supervisor
 from loraplex.embedded.up import (
-    banner_example,
     build_parser,
     check_args,
     check_port_free,
@@ -25,7 +25,6 @@ from loraplex.embedded.up import (
     main,
     show_progress,
     url_host,
-    usage_lines,
     worker_specs,
 )
 from loraplex.shared.errors import NotServable
@@ -124,6 +123,16 @@ def test_the_banner_pairs_a_lora_with_its_own_base() -> None:
     assert banner_example(loras, ("o/flux", "o/sd", "o/xl")) == ("o/sd", "o/sd-style")
     assert banner_example(loras, ("o/flux", "o/xl")) == ("o/xl", "o/xl-style")
     assert banner_example(loras, ("o/flux",)) == ("o/flux", None)
+
+
+def test_the_banner_names_each_workers_metrics_url() -> None:
+    specs = worker_specs(["org/a", "org/b"], 1, {}, [])
+    urls = worker_metrics_urls(specs)
+    assert [name for name, _ in urls] == [s.name for v in specs.values() for s in v]
+    for (_, url), spec in zip(urls, [s for v in specs.values() for s in v], strict=True):
+        assert url.endswith("/metrics") and url != f"{spec.url}/metrics"  # its own port
+    lines = usage_lines("http://h:1", "org/a", None, urls)
+    assert sum(line.startswith("  worker metrics: ") for line in lines) == 2
 
 
 def test_worker_specs_one_process_per_replica_with_shared_cpu_threads() -> None:
