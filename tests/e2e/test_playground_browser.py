@@ -288,9 +288,7 @@ def test_cancel_stops_the_running_generation_on_the_worker(
     assert page.csp_violations() == []
 
 
-def test_a_typed_id_that_is_a_path_is_refused_on_the_page(
-    stack: Stack, browser: WebDriver
-) -> None:
+def test_a_typed_id_that_is_a_path_is_refused_on_the_page(stack: Stack, browser: WebDriver) -> None:
     """The browser would resolve ``..`` before sending; the page says what is wrong instead."""
     page = Page(browser, stack.url)
     page.fill(model_id="../../etc")
