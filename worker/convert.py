@@ -13,7 +13,9 @@ Outcomes:
   LoKr, Flux Control LoRAs (they widen the base's input layer or change norms), modules or
   ranks outside the slot as configured;
 * :class:`~loraplex.shared.errors.NotServable` (422) — not loadable on this base; for LyCORIS
-  kinds diffusers cannot read (LoHa, OFT, …) the message names the kind.
+  kinds diffusers cannot read (LoHa, OFT, …) the message names the kind; an adapter with a NaN
+  or an infinity in its weights (an fp16 overflow in training) is refused too, naming the
+  tensor, since every image it made would be NaN (black).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def convert(
             ) from None
         raise NotServable(f"{path.name} is not a LoRA this worker can read: {exc}") from None
     _check_keys(path, pipeline_cls, state_dict, components)
+    _check_finite(path, state_dict)
     outside = sorted({k.split(".")[0] for k in state_dict} - set(components))
     if outside:
         return Converted(
@@ -155,6 +158,26 @@ def _check_keys(
             "'base_model.model.' layout, or an adapter for another model family?); diffusers "
             "would load nothing from it — re-save the adapter with diffusers' save_lora_weights"
         )
+
+
+def _check_finite(path: Path, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Refuse weights that are not all finite, before they reach the slot or diffusers."""
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and _has_non_finite(tensor):
+            raise NotServable(
+                f"{path.name}: {key} holds NaN or infinite values, so every image with it would "
+                "be NaN (black); this is usually an fp16 overflow in training — re-export the "
+                "adapter from a checkpoint before it diverged, or in fp32/bf16"
+            )
+
+
+def _has_non_finite(tensor: torch.Tensor) -> bool:
+    # A float32-accumulated sum is non-finite whenever an element is, and costs ~1/7 of an
+    # elementwise isfinite pass (~30 ms for 100 MB on a CPU core, against ~300 ms to convert);
+    # only then the exact check, since huge finite weights could also overflow the sum.
+    if bool(torch.isfinite(tensor.sum(dtype=torch.float32))):
+        return False
+    return not bool(torch.isfinite(tensor).all())
 
 
 def _drop_missing(

@@ -40,7 +40,7 @@ const NUMBER = /^-?\d+(\.\d+)?([eE][-+]?\d+)?$/;
 // A Hub repo id as the router accepts it ("name" or "org/name"). Checked here because the
 // browser resolves "." and ".." segments of a URL before sending it: "../x" would reach
 // another path and answer "no such endpoint" instead of saying what is wrong with the id.
-const MODEL_ID = /^[A-Za-z0-9][\w.-]*(\/[A-Za-z0-9][\w.-]*)?$/;
+const MODEL_ID = /^\w[\w.-]*(\/\w[\w.-]*)?$/;
 
 const $ = (id) => document.getElementById(id);
 let models = []; // the last GET v1/models list

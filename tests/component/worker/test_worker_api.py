@@ -135,6 +135,7 @@ BAD_ADAPTERS = [
     ("pickle_only", None, 422, "pickle"),
     ("corrupt", None, 422, "safetensors"),
     ("wrong_arch", None, 422, "shape mismatch"),
+    ("non_finite", None, 422, "NaN or infinite values"),
     ("multi_file", None, 422, "style_a.safetensors, style_b.safetensors"),
     ("gated", None, 401, "token"),
     ("gated", "hf_not_the_right_one", 403, "refused"),
