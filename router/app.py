@@ -252,7 +252,7 @@ def _add_hf_route(app: FastAPI) -> None:
         call = GenerationCall(
             model_id=model_id,
             prompt=body.inputs,
-            parameters=body.parameters,
+            parameters=body.parameters.generation(),
             output_format=ImageFormat.from_accept(headers.get("accept")),
             lora=headers.get(Headers.SEED_LORA),
             wait_for_model=wants_to_wait(x_wait_for_model, body.options.wait_for_model),

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loraplex.shared.contract import GenerationParameters, ImageFormat, Limits
+from loraplex.shared.contract import GenerationParameters, ImageFormat, Limits, Side
 
 Prompt = Annotated[str, Field(min_length=1, max_length=Limits.MAX_PROMPT_CHARS)]
 
@@ -20,13 +20,63 @@ class HFOptions(BaseModel):
     wait_for_model: bool = True
 
 
+class HFTargetSize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: Side
+    height: Side
+
+
+class HFParameters(GenerationParameters):
+    """The Hugging Face text-to-image task's ``parameters``: the shared ones, plus the task
+    spec's ``target_size`` (``{"width", "height"}``, the same as ``width``/``height``, which
+    ``huggingface_hub`` sends instead) and ``scheduler``, which is refused by name: a pool runs
+    its base's own scheduler, and a per-request swap would change the images of every request
+    batched or queued with it."""
+
+    target_size: HFTargetSize | None = None
+    scheduler: str | None = None
+
+    @field_validator("scheduler")
+    @classmethod
+    def _no_scheduler_override(cls, value: str | None) -> None:
+        if value is not None:
+            raise ValueError(
+                f"per-request schedulers ({value!r}) are not supported: each pool runs its base "
+                "model's own scheduler; leave scheduler out"
+            )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_from_target_size(cls, data: object) -> object:
+        if not isinstance(data, dict) or not isinstance(data.get("target_size"), dict):
+            return data
+        target = data["target_size"]
+        merged = dict(data)
+        for side in ("width", "height"):
+            given, wanted = merged.get(side), target.get(side)
+            if given is not None and wanted is not None and given != wanted:
+                raise ValueError(
+                    f"target_size.{side} ({wanted}) and {side} ({given}) differ; give one of them"
+                )
+            if given is None:
+                merged[side] = wanted
+        return merged
+
+    def generation(self) -> GenerationParameters:
+        """The parameters the worker takes (``target_size`` is already in width/height)."""
+        return GenerationParameters.model_validate(
+            self.model_dump(include=set(GenerationParameters.model_fields))
+        )
+
+
 class HFTextToImageRequest(BaseModel):
     """Hugging Face Inference API text-to-image body."""
 
     model_config = ConfigDict(extra="forbid")
 
     inputs: Prompt
-    parameters: GenerationParameters = Field(default_factory=GenerationParameters)
+    parameters: HFParameters = Field(default_factory=HFParameters)
     options: HFOptions = Field(default_factory=HFOptions)
 
 

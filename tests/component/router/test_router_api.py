@@ -134,6 +134,16 @@ async def test_bad_parameters_are_400_with_field_names(env: Env) -> None:
     assert "parameters.width" in error and "parameters.steps" in error
 
 
+async def test_hf_target_size_reaches_the_worker_as_width_and_height(env: Env) -> None:
+    """The HF task spec's ``target_size``; ``scheduler`` is refused by name, not as unknown."""
+    body = prompt(target_size={"width": 64, "height": 128}, seed=11)
+    assert (await env.client.post("/models/u/style", json=body)).status_code == 200
+    seen = next(r for w in env.workers for r in w.seen if r.seed == 11)
+    assert (seen.width, seen.height) == (64, 128)
+    resp = await env.client.post("/models/u/style", json=prompt(scheduler="DPM"))
+    assert resp.status_code == 400 and "per-request schedulers" in resp.json()["error"]
+
+
 async def test_pool_without_ready_replica_holds_then_503(env: Env) -> None:
     started = time.monotonic()
     held = asyncio.create_task(env.client.post("/models/org/cold", json=prompt()))
