@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 import re
 import sys
@@ -65,6 +66,7 @@ from huggingface_hub import (
 from huggingface_hub.hf_api import RepoSibling
 from huggingface_hub.utils import filter_repo_objects
 from loraplex.worker.adapters import AdapterKey, choose_weight_file
+from loraplex.worker.base_files import MODEL_INDEX, BaseFiles, base_files
 from loraplex.worker.cache_files import disk_errors, drop_cached, incomplete_reason
 from loraplex.worker.hf_cache import HfCacheDisk
 from loraplex.worker.hub_bars import BarSink, counting_bars
@@ -309,17 +311,25 @@ class HubFetcher:
         revision: str,
         token: str | None,
         progress: LoadProgress | None = None,
-    ) -> tuple[Path, str]:
-        """Download a base pipeline (safetensors and configs only); returns (folder, commit).
+        *,
+        prefer_variant: str | None = None,
+    ) -> tuple[Path, str, str | None]:
+        """Download a base pipeline; returns (folder, commit, weights variant to load).
 
-        ``progress`` turns ``downloading`` and follows the bytes (see the module docstring)."""
+        Only what ``from_pretrained`` reads (:mod:`loraplex.worker.base_files`: the components
+        ``model_index.json`` names, one set of weights each, ``prefer_variant`` where there is
+        one), else every safetensors and config file. ``progress`` turns ``downloading`` and
+        follows the bytes (see the module docstring)."""
         token = token or get_token()
         progress = progress or LoadProgress()
         what = f"base model {repo_id}@{revision}"
         with hub_errors(what, token), disk_errors(what, self.cache_dir, repo_id):
             info = HfApi(token=token).model_info(repo_id, revision=revision, files_metadata=True)
             commit = info.sha or revision
-            total, cached = self._base_sizes(repo_id, commit, info.siblings or [])
+            siblings = info.siblings or []
+            plan = self._base_plan(repo_id, commit, siblings, token, prefer_variant)
+            patterns = list(plan.files) if plan else BASE_MODEL_PATTERNS
+            total, cached = self._base_sizes(repo_id, commit, siblings, patterns)
             progress.downloading(total, cached)
             base_log = _download_log(f"base {repo_id}", total - cached)
             folder = snapshot_download(
@@ -327,22 +337,42 @@ class HubFetcher:
                 revision=commit,
                 cache_dir=self.cache_dir,
                 token=token,
-                allow_patterns=BASE_MODEL_PATTERNS,
+                allow_patterns=patterns,
                 tqdm_class=counting_bars(_sink(base_log, progress.report, _base_level())),
             )
         if base_log is not None:
             log.log(_base_level(), "%s", base_log.finished())
-        return Path(folder), commit
+        return Path(folder), commit, plan.variant if plan else None
+
+    def _base_plan(
+        self,
+        repo_id: str,
+        commit: str,
+        siblings: list[RepoSibling],
+        token: str | None,
+        prefer_variant: str | None,
+    ) -> BaseFiles | None:
+        """The files ``from_pretrained`` reads, from the repo's ``model_index.json``; None when
+        it has none (or one that is not a JSON object): then the broad patterns."""
+        names = [s.rfilename for s in siblings]
+        if MODEL_INDEX not in names:
+            return None
+        index_path = hf_hub_download(
+            repo_id, MODEL_INDEX, revision=commit, cache_dir=self.cache_dir, token=token
+        )
+        try:
+            index = json.loads(Path(index_path).read_text())
+        except (ValueError, UnicodeDecodeError):
+            return None  # from_pretrained will say what is wrong with it
+        return base_files(names, index, prefer_variant) if isinstance(index, dict) else None
 
     def _base_sizes(
-        self, repo_id: str, commit: str, siblings: list[RepoSibling]
+        self, repo_id: str, commit: str, siblings: list[RepoSibling], patterns: list[str]
     ) -> tuple[int, int]:
         """(bytes of the base files :meth:`snapshot` fetches, bytes of those already cached);
         files the listing gives no size count 0."""
         total = cached = 0
-        picked = filter_repo_objects(
-            siblings, allow_patterns=BASE_MODEL_PATTERNS, key=lambda s: s.rfilename
-        )
+        picked = filter_repo_objects(siblings, allow_patterns=patterns, key=lambda s: s.rfilename)
         for sibling in picked:
             size = sibling.size or 0
             total += size

@@ -149,11 +149,18 @@ class Engine(AdapterSwitching):
         )
         progress = progress or LoadProgress()
         base, revision = settings.base_model, settings.base_revision
-        folder, commit = fetcher.snapshot(base, revision, token, progress)
-        progress.loading()
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
-        pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+        # fp16 weights where the repo has them: half the download of fp32 cast down. bf16 runs
+        # take the plain (fp32) weights, which cast to bf16 without fp16's range limit.
+        prefer = "fp16" if dtype == torch.float16 else None
+        folder, commit, variant = fetcher.snapshot(
+            base, revision, token, progress, prefer_variant=prefer
+        )
+        progress.loading()
+        pipe = DiffusionPipeline.from_pretrained(
+            folder, dtype=dtype, use_safetensors=True, variant=variant
+        )
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         log.info("loaded base %s@%s on %s (%s)", settings.base_model, commit, device, dtype)
