@@ -65,9 +65,7 @@ class HFParameters(GenerationParameters):
 
     def generation(self) -> GenerationParameters:
         """The parameters the worker takes (``target_size`` is already in width/height)."""
-        return GenerationParameters.model_validate(
-            self.model_dump(include=set(GenerationParameters.model_fields))
-        )
+        return GenerationParameters.of(self)
 
 
 class HFTextToImageRequest(BaseModel):

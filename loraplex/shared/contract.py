@@ -181,6 +181,11 @@ class GenerationParameters(BaseModel):
     )
     seed: int | None = Field(default=None, ge=0, le=Limits.MAX_SEED)
 
+    @classmethod
+    def of(cls, body: GenerationParameters) -> GenerationParameters:
+        """Just the sampling parameters of a body that extends them (its other fields left)."""
+        return cls.model_validate(body.model_dump(include=set(cls.model_fields)))
+
     @model_validator(mode="after")
     def _within_pixel_budget(self) -> GenerationParameters:
         # With one side missing the budget depends on the pool's default for the other: the
@@ -198,9 +203,7 @@ class GenerateRequest(GenerationParameters):
     output_format: ImageFormat = ImageFormat.PNG
 
     def parameters(self) -> GenerationParameters:
-        return GenerationParameters.model_validate(
-            self.model_dump(include=set(GenerationParameters.model_fields))
-        )
+        return GenerationParameters.of(self)
 
 
 class WorkerState(BaseModel):
